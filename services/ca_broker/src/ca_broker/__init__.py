@@ -1,0 +1,1 @@
+"""ca_broker service."""

@@ -1,0 +1,60 @@
+"""The parts every service app is built from: lifespan with engine, errors, request ids, health.
+
+Nothing is created at import time; ``create_service_app`` wires state inside the lifespan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import ORJSONResponse
+
+from fedcore import health
+from fedcore.db import create_engine, create_sessionmaker
+from fedcore.errors import install_error_handlers
+from fedcore.request_id import RequestIdMiddleware
+from fedcore.settings import ServiceSettings
+
+ExtraLifespan = Callable[[FastAPI], Awaitable[Callable[[], Awaitable[None]] | None]]
+
+
+def create_service_app(
+    *,
+    title: str,
+    settings: ServiceSettings,
+    routers: list[APIRouter],
+    on_startup: ExtraLifespan | None = None,
+    **fastapi_kwargs: Any,
+) -> FastAPI:
+    """Build a service app. ``on_startup`` may return an async cleanup callable."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings.db)
+        app.state.settings = settings
+        app.state.engine = engine
+        app.state.sessionmaker = create_sessionmaker(engine)
+        cleanup = await on_startup(app) if on_startup else None
+        try:
+            yield
+        finally:
+            if cleanup is not None:
+                await cleanup()
+            await engine.dispose()
+
+    app = FastAPI(
+        title=title,
+        lifespan=lifespan,
+        default_response_class=ORJSONResponse,
+        **fastapi_kwargs,
+    )
+    app.state.settings = settings
+    app.add_middleware(RequestIdMiddleware)
+    install_error_handlers(app)
+    app.include_router(health.router)
+    for router in routers:
+        app.include_router(router)
+    return app

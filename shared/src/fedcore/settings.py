@@ -1,0 +1,89 @@
+"""Settings shared by every service.
+
+Each service has one ``BaseSettings`` with its own env prefix (``FED_GRANTS_``, ...); the Postgres
+and secrets sub-models are defined once here and read with ``__`` as the nested delimiter, e.g.
+``FED_GRANTS_DB__URL`` or ``FED_VERBS_SECRETS__PROXY_SECRET``.
+
+Secrets that look like placeholders are refused at start: a gateway that boots with
+``changeme`` as its sealing key would seal every private key with a public value.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIN_SECRET_LENGTH = 32
+
+_PLACEHOLDER_MARKERS = (
+    "changeme",
+    "change-me",
+    "change_me",
+    "placeholder",
+    "replace-me",
+    "replace_me",
+    "your-secret",
+    "example",
+    "xxxx",
+    "secret",
+    "password",
+    "todo",
+)
+
+
+def refuse_placeholder_secret(value: SecretStr, field_name: str) -> SecretStr:
+    """Reject empty, short or obviously placeholder secrets (never echoing the value)."""
+    raw = value.get_secret_value()
+    if len(raw) < MIN_SECRET_LENGTH:
+        raise ValueError(f"{field_name} must be at least {MIN_SECRET_LENGTH} characters")
+    lowered = raw.lower()
+    if any(marker in lowered for marker in _PLACEHOLDER_MARKERS):
+        raise ValueError(f"{field_name} looks like a placeholder; generate a random value")
+    if len(set(raw)) < 8:
+        raise ValueError(f"{field_name} has too little variety to be random")
+    return value
+
+
+class PostgresSettings(BaseModel):
+    """Where the gateway's one Postgres database lives."""
+
+    url: SecretStr = Field(description="SQLAlchemy URL, postgresql+psycopg://user:pw@host:port/db")
+    pool_size: int = Field(default=10, ge=1, le=200)
+    connect_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    startup_wait_seconds: float = Field(
+        default=10.0, ge=0, le=300, description="How long a service waits for the DB at start"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _must_be_psycopg_url(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith("postgresql+psycopg://"):
+            raise ValueError("db url must start with postgresql+psycopg://")
+        return value
+
+
+class SecretsSettings(BaseModel):
+    """Secrets every service may need. Each is validated against placeholders."""
+
+    gateway_secret: SecretStr = Field(description="Root secret; sealing keys are derived from it")
+    proxy_secret: SecretStr = Field(description="Header value nginx adds so services trust it")
+    service_token: SecretStr = Field(description="Bearer token services present to the ca-broker")
+
+    @field_validator("gateway_secret", "proxy_secret", "service_token")
+    @classmethod
+    def _no_placeholders(cls, value: SecretStr, info: object) -> SecretStr:
+        name = getattr(info, "field_name", "secret")
+        return refuse_placeholder_secret(value, str(name))
+
+
+class ServiceSettings(BaseSettings):
+    """Base for every service's settings: where it binds, the DB and the secrets."""
+
+    model_config = SettingsConfigDict(env_nested_delimiter="__", extra="ignore")
+
+    bind_host: str = Field(default="127.0.0.1")
+    bind_port: int = Field(default=8000, ge=1, le=65535)
+    gateway_name: str = Field(default="gateway", min_length=1, max_length=63)
+    log_level: str = Field(default="INFO")
+    db: PostgresSettings
+    secrets: SecretsSettings
