@@ -11,7 +11,12 @@ Secrets that look like placeholders are refused at start: a gateway that boots w
 from __future__ import annotations
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
+from typing import TYPE_CHECKING
+
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from fedcore.sealing import Sealer
 
 MIN_SECRET_LENGTH = 32
 
@@ -68,12 +73,24 @@ class SecretsSettings(BaseModel):
     gateway_secret: SecretStr = Field(description="Root secret; sealing keys are derived from it")
     proxy_secret: SecretStr = Field(description="Header value nginx adds so services trust it")
     service_token: SecretStr = Field(description="Bearer token services present to the ca-broker")
+    previous_gateway_secrets: list[SecretStr] = Field(
+        default_factory=list,
+        description="Older gateway secrets, kept only so blobs sealed with them can be re-sealed",
+    )
 
     @field_validator("gateway_secret", "proxy_secret", "service_token")
     @classmethod
     def _no_placeholders(cls, value: SecretStr, info: object) -> SecretStr:
         name = getattr(info, "field_name", "secret")
         return refuse_placeholder_secret(value, str(name))
+
+    def sealer(self) -> Sealer:
+        from fedcore.sealing import Sealer  # sealing imports this module's length rule
+
+        return Sealer(
+            self.gateway_secret.get_secret_value(),
+            [old.get_secret_value() for old in self.previous_gateway_secrets],
+        )
 
 
 class ServiceSettings(BaseSettings):

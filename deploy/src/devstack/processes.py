@@ -1,0 +1,104 @@
+"""Start background processes and stop exactly those later.
+
+A PID alone is not an identity: after a reboot or a long time the number can belong to someone
+else. Every process we start is recorded with its PID *and* its kernel start time
+(``/proc/<pid>/stat`` field 22); ``stop`` only signals a PID whose start time still matches.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+
+def process_start_ticks(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[19])  # field 22 overall: starttime
+
+
+@dataclass(frozen=True)
+class ProcessRecord:
+    name: str
+    pid: int
+    start_ticks: int
+
+    def is_alive(self) -> bool:
+        ticks = process_start_ticks(self.pid)
+        if ticks is None or ticks != self.start_ticks:
+            return False
+        try:
+            state = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, IndexError):
+            return False
+        return state != "Z"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ProcessRecord:
+        return cls(name=str(data["name"]), pid=int(data["pid"]), start_ticks=int(data["start_ticks"]))
+
+    @classmethod
+    def of(cls, name: str, pid: int) -> ProcessRecord:
+        ticks = process_start_ticks(pid)
+        if ticks is None:
+            raise RuntimeError(f"{name} (pid {pid}) exited right after start")
+        return cls(name=name, pid=pid, start_ticks=ticks)
+
+
+def spawn(
+    name: str, argv: list[str], env: dict[str, str], log_file: Path, cwd: Path | None = None
+) -> ProcessRecord:
+    """Start ``argv`` detached from our terminal, output appended to ``log_file``."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("ab") as log:
+        proc = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return ProcessRecord.of(name, proc.pid)
+
+
+def stop(record: ProcessRecord, sig: int = signal.SIGTERM, timeout: float = 15.0) -> bool:
+    """Stop a recorded process if it is still the one we started. Returns True if it was."""
+    if not record.is_alive():
+        return False
+    os.kill(record.pid, sig)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not record.is_alive():
+            _reap(record.pid)
+            return True
+        _reap(record.pid)
+        time.sleep(0.05)
+    os.kill(record.pid, signal.SIGKILL)
+    for _ in range(100):
+        if not record.is_alive():
+            break
+        _reap(record.pid)
+        time.sleep(0.05)
+    return True
+
+
+def _reap(pid: int) -> None:
+    """Collect our own child's exit status so it does not linger as a zombie."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass

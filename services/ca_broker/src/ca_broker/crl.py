@@ -1,0 +1,144 @@
+"""The CRL: built from ``federation_certificates``, written where nginx's ``ssl_crl`` reads it,
+and regenerated well before ``nextUpdate``.
+
+An expired CRL makes nginx refuse *every* handshake, so the refresher rewrites it when half its
+validity has passed, and after every revocation. nginx checks CRLs for the whole chain
+(``X509_V_FLAG_CRL_CHECK_ALL``), so the file holds the intermediate's CRL (peer certificates) and
+the root's CRL (the intermediate) together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from fedcore import pki
+from fedcore.models import FederationCertificate
+
+log = logging.getLogger("ca_broker.crl")
+
+
+@dataclass(frozen=True)
+class PublishedCrl:
+    pem: str
+    crl_number: int
+    next_update: datetime
+    revoked_serials: frozenset[str]
+
+
+async def _next_crl_number(session: AsyncSession) -> int:
+    # Atomic across replicas: RFC 5280 wants CRL numbers to increase monotonically.
+    result = await session.execute(
+        text(
+            "INSERT INTO ca_crl_state (id, crl_number) VALUES (1, 1) "
+            "ON CONFLICT (id) DO UPDATE SET crl_number = ca_crl_state.crl_number + 1, "
+            "updated_at = now() RETURNING crl_number"
+        )
+    )
+    return int(result.scalar_one())
+
+
+async def revoked_serials(session: AsyncSession) -> list[tuple[str, datetime]]:
+    rows = await session.execute(
+        select(FederationCertificate.serial, FederationCertificate.revoked_at)
+        .where(FederationCertificate.revoked_at.is_not(None))
+        # An expired certificate fails verification anyway; RFC 5280 lets it leave the CRL.
+        .where(FederationCertificate.not_after > pki.utcnow() - timedelta(days=1))
+        .order_by(FederationCertificate.serial)
+    )
+    return [(serial, revoked_at) for serial, revoked_at in rows.all() if revoked_at is not None]
+
+
+def write_atomically(path: Path, content: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(content)
+    tmp.chmod(mode)
+    os.replace(tmp, path)
+
+
+class CrlPublisher:
+    def __init__(
+        self,
+        hierarchy: pki.CaHierarchy,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        crl_path: Path,
+        validity: timedelta,
+        nginx_pid_file: Path | None = None,
+    ) -> None:
+        self.hierarchy = hierarchy
+        self.sessionmaker = sessionmaker
+        self.crl_path = crl_path
+        self.validity = validity
+        self.nginx_pid_file = nginx_pid_file
+        self.current: PublishedCrl | None = None
+        self._lock = asyncio.Lock()
+
+    async def publish(self) -> PublishedCrl:
+        async with self._lock:
+            async with self.sessionmaker() as session:
+                revoked = await revoked_serials(session)
+                number = await _next_crl_number(session)
+                await session.commit()
+            now = pki.utcnow()
+            leaf_crl = pki.build_crl(
+                self.hierarchy.intermediate_key,
+                self.hierarchy.intermediate_cert,
+                [pki.RevokedEntry(int(serial, 16), revoked_at) for serial, revoked_at in revoked],
+                number,
+                self.validity,
+                now,
+            )
+            root_crl = pki.build_crl(
+                self.hierarchy.root_key, self.hierarchy.root_cert, [], number, self.validity, now
+            )
+            pem = (
+                leaf_crl.public_bytes(serialization.Encoding.PEM)
+                + root_crl.public_bytes(serialization.Encoding.PEM)
+            ).decode()
+            write_atomically(self.crl_path, pem)
+            self.current = PublishedCrl(
+                pem=pem,
+                crl_number=number,
+                next_update=now + self.validity,
+                revoked_serials=frozenset(serial for serial, _ in revoked),
+            )
+            self._reload_nginx()
+            log.info("crl published", extra={"crl_number": number, "revoked": len(revoked)})
+            return self.current
+
+    async def refresh_if_needed(self) -> None:
+        current = self.current
+        if current is None or current.next_update - pki.utcnow() < self.validity / 2:
+            await self.publish()
+            return
+        async with self.sessionmaker() as session:
+            serials = frozenset(serial for serial, _ in await revoked_serials(session))
+        if serials != current.revoked_serials:  # another replica revoked something
+            await self.publish()
+
+    async def run_forever(self, interval_seconds: float) -> None:
+        while True:
+            await asyncio.sleep(interval_seconds)
+            try:
+                await self.refresh_if_needed()
+            except Exception as exc:  # keep refreshing; the next tick retries
+                log.error("crl refresh failed", extra={"exception_type": type(exc).__name__})
+
+    def _reload_nginx(self) -> None:
+        if self.nginx_pid_file is None:
+            return
+        try:
+            pid = int(self.nginx_pid_file.read_text().strip())
+            os.kill(pid, signal.SIGHUP)
+        except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError) as exc:
+            log.warning("nginx reload skipped", extra={"exception_type": type(exc).__name__})

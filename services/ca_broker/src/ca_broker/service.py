@@ -1,0 +1,122 @@
+"""CaService: sign a CSR with the federation profile, record it, revoke, publish the CRL."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import timedelta
+
+from cryptography import x509
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from fedcore import pki
+from fedcore.csr import validate_csr
+from fedcore.errors import BadRequest, NotFound
+from fedcore.models import FederationCertificate, FederationGrant, FederationPeer
+from ca_broker.backends import IssueRequest, SigningBackend
+from ca_broker.crl import CrlPublisher
+from ca_broker.postcheck import check_issued
+from ca_broker.schemas import RevokeRequest, RevokeResponse, SignRequest, SignResponse
+
+log = logging.getLogger("ca_broker.service")
+
+
+class CaService:
+    def __init__(
+        self,
+        backend: SigningBackend,
+        roots: list[x509.Certificate],
+        default_ttl: timedelta,
+        max_ttl: timedelta,
+        crl: CrlPublisher | None,
+    ) -> None:
+        self.backend = backend
+        self.roots = roots
+        self.default_ttl = default_ttl
+        self.max_ttl = max_ttl
+        self.crl = crl
+
+    async def sign(self, session: AsyncSession, body: SignRequest) -> SignResponse:
+        csr = validate_csr(body.csr_pem)
+        peer, grant = await self._peer_and_grant(session, body.peer_id, body.grant_id)
+        if grant.peer_id != peer.id or grant.subject_user_id != body.subject_user_id:
+            # The broker will not mint an identity that contradicts the grant it names.
+            raise BadRequest("grant does not match the peer and subject user", code="grant_mismatch")
+        requested = timedelta(seconds=body.ttl_seconds) if body.ttl_seconds else self.default_ttl
+        request = IssueRequest(
+            csr=csr,
+            csr_pem=body.csr_pem,
+            peer_name=peer.name,
+            peer_id=peer.id,
+            grant_id=grant.id,
+            subject_user_id=body.subject_user_id,
+            lifetime=min(requested, self.max_ttl),
+        )
+        issued = await self.backend.issue(request)
+        checked = check_issued(issued, request, self.roots)
+        cert = checked.cert
+        record = FederationCertificate(
+            serial=pki.serial_hex(cert),
+            grant_id=grant.id,
+            peer_id=peer.id,
+            fingerprint_sha256=pki.fingerprint_sha256(cert),
+            subject_cn=peer.name,
+            backend=self.backend.name,
+            not_before=cert.not_valid_before_utc,
+            not_after=cert.not_valid_after_utc,
+        )
+        session.add(record)
+        await session.flush()
+        log.info(
+            "certificate issued",
+            extra={"serial": record.serial, "grant_id": str(grant.id), "peer_id": str(peer.id)},
+        )
+        return SignResponse(
+            cert_pem=checked.cert_pem,
+            cert_chain_pem=checked.cert_pem + checked.chain_pem,
+            serial=record.serial,
+            fingerprint_sha256=record.fingerprint_sha256,
+            not_before=record.not_before,
+            not_after=record.not_after,
+        )
+
+    async def _peer_and_grant(
+        self, session: AsyncSession, peer_id: uuid.UUID, grant_id: uuid.UUID
+    ) -> tuple[FederationPeer, FederationGrant]:
+        peer = await session.get(FederationPeer, peer_id)
+        grant = await session.get(FederationGrant, grant_id)
+        if peer is None or grant is None:
+            raise NotFound("peer or grant not found", code="grant_not_found")
+        return peer, grant
+
+    async def revoke(self, session: AsyncSession, body: RevokeRequest) -> RevokeResponse:
+        record = (
+            await session.execute(
+                select(FederationCertificate)
+                .where(FederationCertificate.serial == body.serial)
+                .with_for_update()
+            )
+        ).scalar_one_or_none()
+        if record is None:
+            raise NotFound("no certificate with that serial", code="certificate_not_found")
+        already = record.revoked_at is not None
+        if not already:
+            await session.execute(
+                update(FederationCertificate)
+                .where(FederationCertificate.id == record.id)
+                .values(revoked_at=pki.utcnow(), revoked_reason=body.reason)
+            )
+            await session.commit()
+            await session.refresh(record)
+        crl_number = None
+        if self.crl is not None and not already:
+            crl_number = (await self.crl.publish()).crl_number
+        assert record.revoked_at is not None
+        log.info("certificate revoked", extra={"serial": record.serial, "reason": body.reason})
+        return RevokeResponse(
+            serial=record.serial,
+            revoked_at=record.revoked_at,
+            already_revoked=already,
+            crl_number=crl_number,
+        )

@@ -1,0 +1,14 @@
+"""The enrollment service app."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from fedcore.appkit import create_service_app
+from enrollment.routes import router
+from enrollment.settings import Settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()  # type: ignore[call-arg]  # read from the environment
+    return create_service_app(title="mosaic-enrollment", settings=settings, routers=[router])

@@ -1,0 +1,16 @@
+"""Settings of the grants service (env prefix ``FED_GRANTS_``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from fedcore.settings import ServiceSettings
+
+
+class Settings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="FED_GRANTS_", env_nested_delimiter="__", extra="ignore")
+
+    bind_port: int = Field(default=9103, ge=1, le=65535)
+    public_url: str = Field(default="https://127.0.0.1:8443", description="nginx public listener")
+    ca_broker_url: str = Field(default="http://127.0.0.1:9101")
