@@ -10,7 +10,8 @@
 // plain JSON (mode 0600) to <dir>/secrets/provisioner_key.json (main
 // provisioner) or <dir>/secrets/provisioner_key.<name>.json (extra ones).
 //
-// A machine-readable summary is written to <dir>/config/mosaic.json and
+// A machine-readable summary (host paths, CA URL, root fingerprint,
+// provisioner names/kids/key files) is written to <dir>/config/mosaic.json and
 // printed on stdout.
 //
 // Usage:
@@ -21,7 +22,8 @@
 //	    --template deploy/step-ca/templates/federation-leaf.tpl \
 //	    [--dns 127.0.0.5,localhost] [--db badgerv2|bbolt|none] \
 //	    [--extra-provisioner NAME=TEMPLATE_FILE ...] \
-//	    [--default-tls-dur 24h --max-tls-dur 24h --min-tls-dur 5m] [--force]
+//	    [--default-tls-dur 24h --max-tls-dur 24h --min-tls-dur 5m] \
+//	    [--disable-renewal] [--config-root /home/step] [--force]
 //
 // The `pki` package resolves every path from $STEPPATH, which go.step.sm's
 // step package reads once at process start; this program therefore re-executes
@@ -84,7 +86,8 @@ func main() {
 	var (
 		dir, name, address, dns, provName, passFile, tmpl, dbType string
 		minDur, maxDur, defDur                                    string
-		force                                                     bool
+		configRoot                                                string
+		force, disableRenewal                                     bool
 		extras                                                    multiFlag
 	)
 	flag.StringVar(&dir, "dir", "", "output directory (becomes STEPPATH: certs/, secrets/, config/, templates/, db/)")
@@ -94,10 +97,12 @@ func main() {
 	flag.StringVar(&provName, "provisioner", "mosaic-federation", "name of the main JWK provisioner (the OTT `iss`)")
 	flag.StringVar(&passFile, "password-file", "", "file holding the password for the CA keys and provisioner JWE (required)")
 	flag.StringVar(&tmpl, "template", "", "X.509 template file for the main provisioner (required); copied to <dir>/templates/x509/")
-	flag.StringVar(&dbType, "db", "badgerv2", "database: badgerv2 (step ca init default), bbolt, or none (in-memory; OTT replay still refused until restart)")
+	flag.StringVar(&dbType, "db", "badgerv2", "database: badgerv2 (step ca init default; <dir>/db), bbolt (<dir>/db/bolt.db), or none (no persistence: OTT replay refused in memory until restart, revocation answers 501)")
 	flag.StringVar(&minDur, "min-tls-dur", "", "provisioner claim minTLSCertDuration (e.g. 5m); default: step-ca's 5m")
 	flag.StringVar(&maxDur, "max-tls-dur", "", "provisioner claim maxTLSCertDuration (e.g. 24h); default: step-ca's 24h")
 	flag.StringVar(&defDur, "default-tls-dur", "", "provisioner claim defaultTLSCertDuration (e.g. 24h); default: step-ca's 24h")
+	flag.BoolVar(&disableRenewal, "disable-renewal", false, "provisioner claim disableRenewal=true: refuse POST /renew and /rekey for its certificates (step-ca allows renewal by default, and a renewal copies the custom OIDs without a new token)")
+	flag.StringVar(&configRoot, "config-root", "", "write the paths inside ca.json relative to this directory instead of --dir (e.g. /home/step when --dir is mounted at /home/step in the smallstep/step-ca image); files are still written under --dir")
 	flag.BoolVar(&force, "force", false, "overwrite an existing CA in --dir")
 	flag.Var(&extras, "extra-provisioner", "NAME=TEMPLATE_FILE: add another JWK provisioner (own key) rendering with TEMPLATE_FILE; repeatable")
 	flag.Parse()
@@ -157,6 +162,9 @@ func main() {
 	}
 	var dnsNames []string
 	if dns == "" {
+		if host == "" {
+			die("--address %q has no host: pass --dns", address)
+		}
 		dnsNames = []string{host}
 	} else {
 		for _, d := range strings.Split(dns, ",") {
@@ -166,7 +174,7 @@ func main() {
 		}
 	}
 
-	claims, err := buildClaims(minDur, maxDur, defDur)
+	claims, err := buildClaims(minDur, maxDur, defDur, disableRenewal)
 	if err != nil {
 		die("%v", err)
 	}
@@ -226,63 +234,90 @@ func main() {
 		return dst
 	}
 
-	var provs []provSummary
 	cfg, err := p.GenerateConfig(func(c *config.Config) error {
 		switch dbType {
 		case "none":
 			c.DB = nil
-		case "badgerv2", "bbolt":
+		case "badgerv2":
 			c.DB = &db.Config{Type: dbType, DataSource: filepath.Join(absDir, "db")}
+		case "bbolt": // bbolt's data source is a file
+			c.DB = &db.Config{Type: dbType, DataSource: filepath.Join(absDir, "db", "bolt.db")}
 		default:
 			return fmt.Errorf("unknown --db %q", dbType)
-		}
-
-		// Main provisioner (created by pki.GenerateKeyPairs).
-		if len(c.AuthorityConfig.Provisioners) != 1 {
-			return fmt.Errorf("expected 1 provisioner from pki, got %d", len(c.AuthorityConfig.Provisioners))
-		}
-		jwk, ok := c.AuthorityConfig.Provisioners[0].(*provisioner.JWK)
-		if !ok {
-			return fmt.Errorf("pki provisioner is %T, want *provisioner.JWK", c.AuthorityConfig.Provisioners[0])
-		}
-		tplPath := copyTemplate(tmpl)
-		jwk.Options = &provisioner.Options{X509: &provisioner.X509Options{TemplateFile: tplPath}}
-		jwk.Claims = claims
-		keyFile := filepath.Join(secretsDir, "provisioner_key.json")
-		if err := writePlainKey(jwk.EncryptedKey, pass, jwk.Key.KeyID, keyFile); err != nil {
-			return err
-		}
-		provs = append(provs, provSummary{jwk.Name, jwk.Key.KeyID, keyFile, tplPath})
-
-		// Extra provisioners, each with its own key pair.
-		for _, e := range extraProvs {
-			pub, jwe, err := jose.GenerateDefaultKeyPair(pass)
-			if err != nil {
-				return err
-			}
-			enc, err := jwe.CompactSerialize()
-			if err != nil {
-				return err
-			}
-			tplPath := copyTemplate(e.tmpl)
-			c.AuthorityConfig.Provisioners = append(c.AuthorityConfig.Provisioners, &provisioner.JWK{
-				Type:         "JWK",
-				Name:         e.name,
-				Key:          pub,
-				EncryptedKey: enc,
-				Claims:       claims,
-				Options:      &provisioner.Options{X509: &provisioner.X509Options{TemplateFile: tplPath}},
-			})
-			keyFile := filepath.Join(secretsDir, "provisioner_key."+e.name+".json")
-			if err := writePlainKey(enc, pass, pub.KeyID, keyFile); err != nil {
-				return err
-			}
-			provs = append(provs, provSummary{e.name, pub.KeyID, keyFile, tplPath})
 		}
 		return nil
 	})
 	if err != nil {
 		die("generating ca.json: %v", err)
+	}
+
+	// Main provisioner (created by pki.GenerateKeyPairs, added to the config
+	// by GenerateConfig after the modifiers ran).
+	var provs []provSummary
+	if len(cfg.AuthorityConfig.Provisioners) != 1 {
+		die("expected 1 provisioner from pki, got %d", len(cfg.AuthorityConfig.Provisioners))
+	}
+	jwk, ok := cfg.AuthorityConfig.Provisioners[0].(*provisioner.JWK)
+	if !ok {
+		die("pki provisioner is %T, want *provisioner.JWK", cfg.AuthorityConfig.Provisioners[0])
+	}
+	tplPath := copyTemplate(tmpl)
+	jwk.Options = &provisioner.Options{X509: &provisioner.X509Options{TemplateFile: tplPath}}
+	jwk.Claims = claims
+	keyFile := filepath.Join(secretsDir, "provisioner_key.json")
+	if err := writePlainKey(jwk.EncryptedKey, pass, jwk.Key.KeyID, keyFile); err != nil {
+		die("%v", err)
+	}
+	provs = append(provs, provSummary{jwk.Name, jwk.Key.KeyID, keyFile, tplPath})
+
+	// Extra provisioners, each with its own key pair.
+	for _, e := range extraProvs {
+		pub, jwe, err := jose.GenerateDefaultKeyPair(pass)
+		if err != nil {
+			die("%v", err)
+		}
+		enc, err := jwe.CompactSerialize()
+		if err != nil {
+			die("%v", err)
+		}
+		tplPath := copyTemplate(e.tmpl)
+		cfg.AuthorityConfig.Provisioners = append(cfg.AuthorityConfig.Provisioners, &provisioner.JWK{
+			Type:         "JWK",
+			Name:         e.name,
+			Key:          pub,
+			EncryptedKey: enc,
+			Claims:       claims,
+			Options:      &provisioner.Options{X509: &provisioner.X509Options{TemplateFile: tplPath}},
+		})
+		keyFile := filepath.Join(secretsDir, "provisioner_key."+e.name+".json")
+		if err := writePlainKey(enc, pass, pub.KeyID, keyFile); err != nil {
+			die("%v", err)
+		}
+		provs = append(provs, provSummary{e.name, pub.KeyID, keyFile, tplPath})
+	}
+
+	// Paths as the server will see them (e.g. /home/step inside the
+	// smallstep/step-ca image when --dir is mounted there).
+	if configRoot != "" {
+		rebase := func(p string) string {
+			if rel, err := filepath.Rel(absDir, p); err == nil && !strings.HasPrefix(rel, "..") {
+				return filepath.Join(configRoot, rel)
+			}
+			return p
+		}
+		for i := range cfg.Root {
+			cfg.Root[i] = rebase(cfg.Root[i])
+		}
+		cfg.IntermediateCert = rebase(cfg.IntermediateCert)
+		cfg.IntermediateKey = rebase(cfg.IntermediateKey)
+		if cfg.DB != nil {
+			cfg.DB.DataSource = rebase(cfg.DB.DataSource)
+		}
+		for _, pi := range cfg.AuthorityConfig.Provisioners {
+			if j, ok := pi.(*provisioner.JWK); ok && j.Options != nil && j.Options.X509 != nil {
+				j.Options.X509.TemplateFile = rebase(j.Options.X509.TemplateFile)
+			}
+		}
 	}
 
 	b, err := json.MarshalIndent(cfg, "", "\t")
@@ -293,7 +328,7 @@ func main() {
 		die("%v", err)
 	}
 	if cfg.DB != nil {
-		if err := os.MkdirAll(cfg.DB.DataSource, 0700); err != nil {
+		if err := os.MkdirAll(filepath.Join(absDir, "db"), 0700); err != nil {
 			die("%v", err)
 		}
 	}
@@ -310,9 +345,9 @@ func main() {
 		Address:         address,
 		DNSNames:        dnsNames,
 		CAConfig:        caConfigPath,
-		Root:            cfg.Root[0],
+		Root:            filepath.Join(absDir, "certs", "root_ca.crt"),
 		RootFingerprint: p.GetRootFingerprint(),
-		Intermediate:    cfg.IntermediateCert,
+		Intermediate:    filepath.Join(absDir, "certs", "intermediate_ca.crt"),
 		PasswordFile:    absPassFile,
 		DBType:          dbType,
 		Provisioners:    provs,
@@ -358,11 +393,15 @@ func writePlainKey(encrypted string, pass []byte, kid, path string) error {
 	return f.Close()
 }
 
-func buildClaims(minDur, maxDur, defDur string) (*provisioner.Claims, error) {
-	if minDur == "" && maxDur == "" && defDur == "" {
+func buildClaims(minDur, maxDur, defDur string, disableRenewal bool) (*provisioner.Claims, error) {
+	if minDur == "" && maxDur == "" && defDur == "" && !disableRenewal {
 		return nil, nil
 	}
 	c := &provisioner.Claims{}
+	if disableRenewal {
+		t := true
+		c.DisableRenewal = &t
+	}
 	parse := func(s string) (*provisioner.Duration, error) {
 		if s == "" {
 			return nil, nil

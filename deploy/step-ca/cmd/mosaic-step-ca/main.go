@@ -17,25 +17,40 @@ import (
 	"os"
 	"runtime"
 
+	"github.com/smallstep/certificates/authority"
 	"github.com/smallstep/certificates/commands"
 	"github.com/urfave/cli"
 	"go.step.sm/cli-utils/command"
+	"go.step.sm/cli-utils/step"
 )
 
-// Version is the version of the Debian library this binary is built against.
-var Version = "0.19.0-debian"
+// Version is the version of the Debian library this binary is built against
+// (reported by GET /version and in the start-up log).
+var Version = "0.19.0"
 
 func main() {
+	// Same wiring as upstream cmd/step-ca: name/version for logs + /version.
+	step.Set("Smallstep CA", Version, "N/A")
+	authority.GlobalVersion.Version = Version
+
 	app := cli.NewApp()
 	app.Name = "mosaic-step-ca"
 	app.HelpName = "mosaic-step-ca"
 	app.Usage = "smallstep step-ca (library v0.19) for the mosaic test/bench harness"
-	app.Version = fmt.Sprintf("Smallstep CA/%s (%s/%s)", Version, runtime.GOOS, runtime.GOARCH)
+	app.Version = fmt.Sprintf("Smallstep CA/%s (%s/%s, Debian golang-github-smallstep-certificates-dev)", Version, runtime.GOOS, runtime.GOARCH)
 	app.Writer = os.Stdout
 	app.ErrWriter = os.Stderr
 
 	start := commands.AppCommand
-	app.Commands = append([]cli.Command{start}, command.Retrieve()...)
+	start.Usage = "run the CA with the given ca.json"
+	app.Commands = []cli.Command{start}
+	// Commands registered by the `commands` package (export, onboard). Skip
+	// cli-utils' own "help" so urfave/cli installs its default help + --help.
+	for _, c := range command.Retrieve() {
+		if c.Name != "help" {
+			app.Commands = append(app.Commands, c)
+		}
+	}
 	app.Commands = append(app.Commands, cli.Command{
 		Name:  "version",
 		Usage: "print the version",

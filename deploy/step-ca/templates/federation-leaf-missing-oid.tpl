@@ -1,0 +1,41 @@
+{{- /*
+  Mosaic federation leaf certificate -- TEST VARIANT THAT DROPS OID .2.
+  Identical to federation-leaf.tpl except that the 1.3.6.1.4.1.99999.2
+  (subject user id) extension is omitted on purpose: tests use it to prove the
+  caller's post-issuance check rejects a backend that drops an OID.
+
+  Every value comes from the SIGNED one-time token (.Token = the verified JWT
+  payload), never from .Insecure (CSR / user templateData):
+    subject CN                       = .Token.sub   (the peer name)
+    1.3.6.1.4.1.99999.1 (non-crit.)  = UTF8String(.Token.mosaic.grant_id)
+    1.3.6.1.4.1.99999.2 (non-crit.)  = UTF8String(.Token.mosaic.subject_user_id)
+  No SANs, keyUsage digitalSignature, extKeyUsage clientAuth, CA:FALSE.
+
+  Both ids must be canonical lowercase UUIDs (36 chars); anything else makes
+  the template `fail`, so step-ca answers 400 and no certificate is issued.
+  The extension value is base64(DER UTF8String) = base64(0x0C 0x24 || uuid),
+  built by hand because step-ca 0.19's template functions (sprig + fail)
+  have no asn1 helpers.
+*/ -}}
+{{- $uuidRe := "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$" -}}
+{{- $sub := .Token.sub -}}
+{{- if not (kindIs "string" $sub) }}{{ fail "mosaic: token sub must be a string" }}{{ end -}}
+{{- if eq $sub "" }}{{ fail "mosaic: token sub must not be empty" }}{{ end -}}
+{{- $m := dict -}}
+{{- if hasKey .Token "mosaic" }}{{ $m = .Token.mosaic }}{{ end -}}
+{{- if not (kindIs "map" $m) }}{{ fail "mosaic: token claim 'mosaic' must be an object" }}{{ end -}}
+{{- $gid := get $m "grant_id" -}}
+{{- $uid := get $m "subject_user_id" -}}
+{{- if not (kindIs "string" $gid) }}{{ fail "mosaic: mosaic.grant_id must be a string" }}{{ end -}}
+{{- if not (regexMatch $uuidRe $gid) }}{{ fail "mosaic: mosaic.grant_id must be a canonical lowercase UUID" }}{{ end -}}
+{{- if not (kindIs "string" $uid) }}{{ fail "mosaic: mosaic.subject_user_id must be a string" }}{{ end -}}
+{{- if not (regexMatch $uuidRe $uid) }}{{ fail "mosaic: mosaic.subject_user_id must be a canonical lowercase UUID" }}{{ end -}}
+{
+	"subject": {"commonName": {{ toJson $sub }}},
+	"keyUsage": ["digitalSignature"],
+	"extKeyUsage": ["clientAuth"],
+	"basicConstraints": {"isCA": false},
+	"extensions": [
+		{"id": "1.3.6.1.4.1.99999.1", "critical": false, "value": {{ printf "\x0c\x24%s" $gid | b64enc | toJson }}}
+	]
+}
