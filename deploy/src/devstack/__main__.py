@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> None:
         default=Path(os.environ.get("MOSAIC_STATE_ROOT", stack.DEFAULT_STATE_ROOT)),
     )
     parser.add_argument(
-        "--first-host", default=os.environ.get("MOSAIC_FIRST_HOST", "127.0.0.2"),
+        "--first-host",
+        default=os.environ.get("MOSAIC_FIRST_HOST", "127.0.0.2"),
         help="loopback address of gateway a; b gets the next one",
     )
     args = parser.parse_args(argv)
@@ -39,16 +40,18 @@ def main(argv: list[str] | None = None) -> None:
         for spec in specs:
             if args.command == "up":
                 state = stack.up(spec)
-                print(f"gateway {spec.name}: up — public {state['public_url']}, "
-                      f"admin {state['admin_url']}; state written to {spec.state_file}")
+                print(
+                    f"gateway {spec.name}: up — public {state['public_url']}, "
+                    f"admin {state['admin_url']}; state written to {spec.state_file}"
+                )
             elif args.command == "down":
                 stopped = stack.down(spec)
-                print(f"gateway {spec.name}: stopped {', '.join(stopped) or 'nothing (not running)'}")
+                print(
+                    f"gateway {spec.name}: stopped {', '.join(stopped) or 'nothing (not running)'}"
+                )
             else:
                 state = json.loads(spec.state_file.read_text()) if spec.state_file.exists() else {}
-                alive = {
-                    name: rec.is_alive() for name, rec in stack.records_of(state).items()
-                }
+                alive = {name: rec.is_alive() for name, rec in stack.records_of(state).items()}
                 print(json.dumps({"gateway": spec.name, "processes": alive}))
     except RuntimeError as exc:
         print(f"devstack: {exc}", file=sys.stderr)

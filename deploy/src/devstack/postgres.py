@@ -194,4 +194,4 @@ class PostgresCluster:
                 "SELECT 1 FROM pg_database WHERE datname = %s", (database,)
             ).fetchone()
             if not exists:
-                conn.execute(f'CREATE DATABASE "{database}"')  # noqa: S608 - name is ours
+                conn.execute(f'CREATE DATABASE "{database}"')

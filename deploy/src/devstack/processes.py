@@ -7,6 +7,7 @@ else. Every process we start is recorded with its PID *and* its kernel start tim
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -47,7 +48,9 @@ class ProcessRecord:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ProcessRecord:
-        return cls(name=str(data["name"]), pid=int(data["pid"]), start_ticks=int(data["start_ticks"]))
+        return cls(
+            name=str(data["name"]), pid=int(data["pid"]), start_ticks=int(data["start_ticks"])
+        )
 
     @classmethod
     def of(cls, name: str, pid: int) -> ProcessRecord:
@@ -55,6 +58,11 @@ class ProcessRecord:
         if ticks is None:
             raise RuntimeError(f"{name} (pid {pid}) exited right after start")
         return cls(name=name, pid=pid, start_ticks=ticks)
+
+
+# Popen objects of children started by this process, kept so they are not garbage-collected while
+# running (which warns) and so `stop` can reap them instead of leaving zombies.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
 def spawn(
@@ -72,6 +80,7 @@ def spawn(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    _CHILDREN[proc.pid] = proc
     return ProcessRecord.of(name, proc.pid)
 
 
@@ -98,7 +107,10 @@ def stop(record: ProcessRecord, sig: int = signal.SIGTERM, timeout: float = 15.0
 
 def _reap(pid: int) -> None:
     """Collect our own child's exit status so it does not linger as a zombie."""
-    try:
+    child = _CHILDREN.get(pid)
+    if child is not None:
+        if child.poll() is not None:
+            del _CHILDREN[pid]
+        return
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass

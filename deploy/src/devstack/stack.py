@@ -152,10 +152,7 @@ def service_environment(spec: GatewaySpec, secret: dict[str, str], service: str)
         env[f"{prefix}PKI_DIR"] = str(spec.pki_dir)
         env[f"{prefix}SERVER_CERT_HOSTS"] = json.dumps([spec.host, "localhost"])
         env[f"{prefix}NGINX_PID_FILE"] = str(spec.state_dir / "nginx" / "run" / "nginx.pid")
-    elif service == "enrollment":
-        env[f"{prefix}CA_BROKER_URL"] = broker_url
-        env[f"{prefix}PUBLIC_URL"] = spec.public_url
-    elif service == "grants":
+    elif service == "enrollment" or service == "grants":
         env[f"{prefix}CA_BROKER_URL"] = broker_url
         env[f"{prefix}PUBLIC_URL"] = spec.public_url
     elif service == "verbs":
@@ -204,7 +201,9 @@ def records_of(state: dict[str, Any]) -> dict[str, ProcessRecord]:
     }
 
 
-def _write_state(spec: GatewaySpec, secret: dict[str, str], records: dict[str, ProcessRecord]) -> None:
+def _write_state(
+    spec: GatewaySpec, secret: dict[str, str], records: dict[str, ProcessRecord]
+) -> None:
     state = {
         "name": spec.name,
         "host": spec.host,
@@ -246,7 +245,11 @@ def up(spec: GatewaySpec) -> dict[str, Any]:
     _write_state(spec, secret, records)  # from here on, `down` can clean up a failed start
 
     base_env = service_environment(spec, secret, "ca_broker")
-    _run_python(["-m", "devstack.bootstrap", "migrate"], {**base_env, "MOSAIC_DATABASE_URL": spec.postgres.url(secret["db_password"], "mosaic")}, "migrations")
+    _run_python(
+        ["-m", "devstack.bootstrap", "migrate"],
+        {**base_env, "MOSAIC_DATABASE_URL": spec.postgres.url(secret["db_password"], "mosaic")},
+        "migrations",
+    )
     _run_python(["-m", "ca_broker", "init"], base_env, "CA init")
     _run_python(
         ["-m", "devstack.bootstrap", "admin-token"],
@@ -258,19 +261,25 @@ def up(spec: GatewaySpec) -> dict[str, Any]:
         "admin token",
     )
 
+    # Start the services together (each spends most of its start importing), then wait for all.
+    started = []
     for service in SERVICES:
         if service in records:
             continue
-        log_file = spec.log_dir / f"{service}.log"
-        record = spawn(
+        records[service] = spawn(
             service,
             [sys.executable, "-m", service],
             service_environment(spec, secret, service),
-            log_file,
+            spec.log_dir / f"{service}.log",
         )
-        records[service] = record
-        _write_state(spec, secret, records)
-        _wait_http(f"http://{spec.host}:{spec.ports.service(service)}/readyz", record, log_file)
+        started.append(service)
+    _write_state(spec, secret, records)
+    for service in started:
+        _wait_http(
+            f"http://{spec.host}:{spec.ports.service(service)}/readyz",
+            records[service],
+            spec.log_dir / f"{service}.log",
+        )
 
     conf = nginx.write_config(
         spec.state_dir / "nginx" / "conf",

@@ -10,7 +10,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import ORJSONResponse
 
 from fedcore import health
 from fedcore.db import create_engine, create_sessionmaker
@@ -48,7 +47,6 @@ def create_service_app(
     app = FastAPI(
         title=title,
         lifespan=lifespan,
-        default_response_class=ORJSONResponse,
         **fastapi_kwargs,
     )
     app.state.settings = settings

@@ -24,10 +24,10 @@ from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fedcore.request_id import current_request_id
+from fedcore.responses import JsonResponse
 
 log = logging.getLogger("fedcore.errors")
 
@@ -123,38 +123,36 @@ def install_error_handlers(app: FastAPI) -> None:
     """Render every error, ours or the framework's, as the one envelope."""
 
     @app.exception_handler(DomainError)
-    async def _domain(_: Request, exc: DomainError) -> ORJSONResponse:
+    async def _domain(_: Request, exc: DomainError) -> JsonResponse:
         if exc.status_code >= 500:
             log.error("domain error", extra={"code": exc.code, "error_message": exc.message})
-        return ORJSONResponse(
+        return JsonResponse(
             error_body(exc.code, exc.message), status_code=exc.status_code, headers=exc.headers()
         )
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> ORJSONResponse:
+    async def _validation(_: Request, exc: RequestValidationError) -> JsonResponse:
         # Only the location and the message go out; the offending input value is not echoed,
         # because it may be a secret (a token, a key) the client sent by mistake.
         fields = [
             {"loc": [str(p) for p in err.get("loc", ())], "msg": str(err.get("msg", ""))}
             for err in exc.errors()
         ]
-        return ORJSONResponse(
+        return JsonResponse(
             error_body("validation_error", "request body or parameters are invalid", fields=fields),
             status_code=422,
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+    async def _http(_: Request, exc: StarletteHTTPException) -> JsonResponse:
         code = _status_code_name(exc.status_code)
         message = exc.detail if isinstance(exc.detail, str) else code
-        return ORJSONResponse(
+        return JsonResponse(
             error_body(code, message), status_code=exc.status_code, headers=exc.headers
         )
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> ORJSONResponse:
+    async def _unexpected(_: Request, exc: Exception) -> JsonResponse:
         # The exception text may contain anything (SQL, key material): log the type only.
         log.error("unhandled error", extra={"exception_type": type(exc).__name__})
-        return ORJSONResponse(
-            error_body("internal_error", "internal error"), status_code=500
-        )
+        return JsonResponse(error_body("internal_error", "internal error"), status_code=500)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import ORJSONResponse
 
 from fedcore.db import database_is_reachable
 from fedcore.errors import error_body
+from fedcore.responses import JsonResponse
 
 router = APIRouter(tags=["health"])
 
@@ -17,9 +17,9 @@ async def healthz(request: Request) -> dict[str, str]:
 
 
 @router.get("/readyz", response_model=None)
-async def readyz(request: Request) -> ORJSONResponse | dict[str, str]:
+async def readyz(request: Request) -> JsonResponse | dict[str, str]:
     if await database_is_reachable(request.app.state.engine):
         return {"status": "ready", "service": request.app.title}
-    return ORJSONResponse(
+    return JsonResponse(
         error_body("database_unavailable", "database is not reachable"), status_code=503
     )

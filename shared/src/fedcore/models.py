@@ -236,7 +236,7 @@ class FederationPeer(Base):
 
 
 class FederationGrant(Base):
-    """"Local user U lets peer P read this scope of U's data"."""
+    """ "Local user U lets peer P read this scope of U's data"."""
 
     __tablename__ = "federation_grants"
 

@@ -36,7 +36,7 @@ def describe_validation_error(service: str, exc: ValidationError) -> str:
 
 def load_settings_or_exit(service: str, settings_cls: type[S]) -> S:
     try:
-        return settings_cls()  # type: ignore[call-arg]  # fields come from the environment
+        return settings_cls()  # fields come from the environment
     except ValidationError as exc:
         print(describe_validation_error(service, exc), file=sys.stderr)
         raise SystemExit(EXIT_BAD_CONFIG) from None
@@ -57,9 +57,7 @@ async def _wait_for_database(settings: ServiceSettings) -> bool:
         await engine.dispose()
 
 
-def run_service(
-    service: str, settings_cls: type[S], app_factory: Callable[[S], FastAPI]
-) -> None:
+def run_service(service: str, settings_cls: type[S], app_factory: Callable[[S], FastAPI]) -> None:
     settings = load_settings_or_exit(service, settings_cls)
     configure_logging(service, settings.log_level)
     if not asyncio.run(_wait_for_database(settings)):

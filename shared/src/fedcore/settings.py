@@ -10,9 +10,9 @@ Secrets that look like placeholders are refused at start: a gateway that boots w
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
 from typing import TYPE_CHECKING
 
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:

@@ -12,8 +12,6 @@ from pathlib import Path
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from fedcore import pki
-from fedcore.appkit import create_service_app
 from ca_broker.backends import SigningBackend
 from ca_broker.backends.local import LocalBackend
 from ca_broker.crl import CrlPublisher
@@ -22,6 +20,8 @@ from ca_broker.pki_files import PkiFiles
 from ca_broker.routes import router
 from ca_broker.service import CaService
 from ca_broker.settings import Settings
+from fedcore import pki
+from fedcore.appkit import create_service_app
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ async def build_broker(
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()  # type: ignore[call-arg]  # read from the environment
+    settings = settings or Settings()  # read from the environment
 
     async def on_startup(app: FastAPI) -> Callable[[], Awaitable[None]]:
         state = await build_broker(settings, app.state.sessionmaker)

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
+from ca_broker.backends import IssuedChain, IssueRequest
 from fedcore import pki
 from fedcore.errors import UpstreamUnavailable
 from fedcore.federation_oids import MalformedFederationIdentity, extract_federation_identity
-from ca_broker.backends import IssuedChain, IssueRequest
 
 
 class IssuanceCheckFailed(UpstreamUnavailable):
@@ -27,9 +28,8 @@ class CheckedCertificate:
     chain_pem: str
 
 
-def _public_bytes(cert_or_key: object) -> bytes:
-    key = cert_or_key.public_key() if isinstance(cert_or_key, x509.Certificate) else cert_or_key
-    return key.public_bytes(  # type: ignore[attr-defined]
+def _spki(key: CertificatePublicKeyTypes) -> bytes:
+    return key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
 
@@ -48,10 +48,12 @@ def check_issued(
     try:
         identity = extract_federation_identity(cert)
     except MalformedFederationIdentity as exc:
-        raise IssuanceCheckFailed(f"issued certificate lacks the federation identity: {exc.reason}") from None
+        raise IssuanceCheckFailed(
+            f"issued certificate lacks the federation identity: {exc.reason}"
+        ) from None
     if identity.grant_id != request.grant_id or identity.subject_user_id != request.subject_user_id:
         raise IssuanceCheckFailed("issued certificate carries different federation values")
-    if _public_bytes(cert) != _public_bytes(request.csr.public_key):
+    if _spki(cert.public_key()) != _spki(request.csr.public_key):
         raise IssuanceCheckFailed("issued certificate does not hold the CSR's public key")
     basic = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
     if basic.ca:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from fedcore.appkit import create_service_app
 from enrollment.routes import router
 from enrollment.settings import Settings
+from fedcore.appkit import create_service_app
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()  # type: ignore[call-arg]  # read from the environment
+    settings = settings or Settings()  # read from the environment
     return create_service_app(title="mosaic-enrollment", settings=settings, routers=[router])

@@ -10,5 +10,5 @@ from grants.settings import Settings
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()  # type: ignore[call-arg]  # read from the environment
+    settings = settings or Settings()  # read from the environment
     return create_service_app(title="mosaic-grants", settings=settings, routers=[router])

@@ -1,0 +1,71 @@
+"""A service with bad configuration stops at start with one clear line, not a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.support.secrets import secrets_env
+
+SERVICES = {
+    "ca_broker": "FED_CA_BROKER_",
+    "enrollment": "FED_ENROLLMENT_",
+    "grants": "FED_GRANTS_",
+    "verbs": "FED_VERBS_",
+}
+
+
+def _run(service: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FED_")}
+    return subprocess.run(
+        [sys.executable, "-m", service],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("service", list(SERVICES))
+def test_placeholder_secret_stops_the_service_with_one_line(service: str) -> None:
+    prefix = SERVICES[service]
+    env = secrets_env(prefix)
+    env[f"{prefix}SECRETS__GATEWAY_SECRET"] = "changeme"
+    env[f"{prefix}DB__URL"] = "postgresql+psycopg://u:p@127.0.0.1:9/x"
+    result = _run(service, env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "secrets.gateway_secret" in lines[0]
+    assert "changeme" not in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("service", ["grants", "verbs"])
+def test_missing_secret_stops_the_service_with_one_line(service: str) -> None:
+    prefix = SERVICES[service]
+    env = secrets_env(prefix)
+    del env[f"{prefix}SECRETS__PROXY_SECRET"]
+    env[f"{prefix}DB__URL"] = "postgresql+psycopg://u:p@127.0.0.1:9/x"
+    result = _run(service, env)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "secrets.proxy_secret" in result.stderr
+
+
+@pytest.mark.parametrize("service", list(SERVICES))
+def test_unreachable_database_stops_the_service_with_one_line(service: str) -> None:
+    prefix = SERVICES[service]
+    env = secrets_env(prefix)
+    env[f"{prefix}DB__URL"] = "postgresql+psycopg://mosaic:pw-not-shown@127.0.0.1:9/mosaic"
+    env[f"{prefix}DB__STARTUP_WAIT_SECONDS"] = "1"
+    result = _run(service, env)
+    assert result.returncode == 3
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "database unreachable" in lines[0]
+    assert "pw-not-shown" not in result.stderr
