@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from fedcore.db import create_engine, create_sessionmaker
-from fedcore.runner import load_settings_or_exit, run_service
 from ca_broker.app import build_broker, create_app
 from ca_broker.settings import Settings
+from fedcore.db import create_engine, create_sessionmaker
+from fedcore.runner import load_settings_or_exit, run_service
 
 
 async def _init(settings: Settings) -> None:

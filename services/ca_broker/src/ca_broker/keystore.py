@@ -19,16 +19,16 @@ INTERMEDIATE_KEY_PURPOSE = "ca-intermediate-key"
 
 
 async def _load(session: AsyncSession, sealer: Sealer) -> pki.CaHierarchy | None:
-    rows = (
-        await session.execute(select(CaKeyPair).where(CaKeyPair.active.is_(True)))
-    ).scalars()
+    rows = (await session.execute(select(CaKeyPair).where(CaKeyPair.active.is_(True)))).scalars()
     by_role = {row.role: row for row in rows}
     root = by_role.get(CaKeyRole.ROOT)
     intermediate = by_role.get(CaKeyRole.INTERMEDIATE)
     if root is None or intermediate is None:
         return None
     return pki.CaHierarchy(
-        root_key=pki.load_private_key(sealer.unseal(root.sealed_private_key, purpose=ROOT_KEY_PURPOSE)),
+        root_key=pki.load_private_key(
+            sealer.unseal(root.sealed_private_key, purpose=ROOT_KEY_PURPOSE)
+        ),
         root_cert=pki.load_pem_chain(root.cert_pem)[0],
         intermediate_key=pki.load_private_key(
             sealer.unseal(intermediate.sealed_private_key, purpose=INTERMEDIATE_KEY_PURPOSE)

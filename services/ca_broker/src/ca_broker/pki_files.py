@@ -17,8 +17,8 @@ from pathlib import Path
 
 from cryptography import x509
 
-from fedcore import pki
 from ca_broker.crl import write_atomically
+from fedcore import pki
 
 SERVER_CERT_RENEW_BEFORE = timedelta(days=30)
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse
 
-from fedcore.db import SessionDep
-from fedcore.errors import NotFound
 from ca_broker.auth import require_service_token
 from ca_broker.schemas import RevokeRequest, RevokeResponse, SignRequest, SignResponse
 from ca_broker.service import CaService
+from fedcore.db import SessionDep
+from fedcore.errors import NotFound
 
 router = APIRouter()
 PEM_MEDIA_TYPE = "application/x-pem-file"

@@ -10,14 +10,14 @@ from cryptography import x509
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from fedcore import pki
-from fedcore.csr import validate_csr
-from fedcore.errors import BadRequest, NotFound
-from fedcore.models import FederationCertificate, FederationGrant, FederationPeer
 from ca_broker.backends import IssueRequest, SigningBackend
 from ca_broker.crl import CrlPublisher
 from ca_broker.postcheck import check_issued
 from ca_broker.schemas import RevokeRequest, RevokeResponse, SignRequest, SignResponse
+from fedcore import pki
+from fedcore.csr import validate_csr
+from fedcore.errors import BadRequest, NotFound
+from fedcore.models import FederationCertificate, FederationGrant, FederationPeer
 
 log = logging.getLogger("ca_broker.service")
 
@@ -42,7 +42,9 @@ class CaService:
         peer, grant = await self._peer_and_grant(session, body.peer_id, body.grant_id)
         if grant.peer_id != peer.id or grant.subject_user_id != body.subject_user_id:
             # The broker will not mint an identity that contradicts the grant it names.
-            raise BadRequest("grant does not match the peer and subject user", code="grant_mismatch")
+            raise BadRequest(
+                "grant does not match the peer and subject user", code="grant_mismatch"
+            )
         requested = timedelta(seconds=body.ttl_seconds) if body.ttl_seconds else self.default_ttl
         request = IssueRequest(
             csr=csr,

@@ -44,7 +44,9 @@ class Settings(ServiceSettings):
         if self.default_ttl_seconds > self.max_ttl_seconds:
             raise ValueError("default_ttl_seconds must not exceed max_ttl_seconds")
         if self.backend == "stepca":
-            if not (self.stepca_url and self.stepca_root_cert_path and self.stepca_provisioner_name):
+            if not (
+                self.stepca_url and self.stepca_root_cert_path and self.stepca_provisioner_name
+            ):
                 raise ValueError(
                     "backend=stepca needs stepca_url, stepca_root_cert_path and "
                     "stepca_provisioner_name"

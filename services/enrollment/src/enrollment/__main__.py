@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from fedcore.runner import run_service
 from enrollment.app import create_app
 from enrollment.settings import Settings
+from fedcore.runner import run_service
 
 
 def main() -> None:

@@ -9,7 +9,9 @@ from fedcore.settings import ServiceSettings
 
 
 class Settings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="FED_ENROLLMENT_", env_nested_delimiter="__", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="FED_ENROLLMENT_", env_nested_delimiter="__", extra="ignore"
+    )
 
     bind_port: int = Field(default=9102, ge=1, le=65535)
     ca_broker_url: str = Field(default="http://127.0.0.1:9101")

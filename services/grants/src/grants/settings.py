@@ -9,7 +9,9 @@ from fedcore.settings import ServiceSettings
 
 
 class Settings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="FED_GRANTS_", env_nested_delimiter="__", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="FED_GRANTS_", env_nested_delimiter="__", extra="ignore"
+    )
 
     bind_port: int = Field(default=9103, ge=1, le=65535)
     public_url: str = Field(default="https://127.0.0.1:8443", description="nginx public listener")

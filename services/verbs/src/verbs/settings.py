@@ -9,7 +9,9 @@ from fedcore.settings import ServiceSettings
 
 
 class Settings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="FED_VERBS_", env_nested_delimiter="__", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="FED_VERBS_", env_nested_delimiter="__", extra="ignore"
+    )
 
     bind_port: int = Field(default=9104, ge=1, le=65535)
     ca_bundle_path: str = Field(default="", description="PEM bundle client certs must chain to")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from fedcore import pki
 from ca_broker.backends import IssuedChain, IssueRequest
 from ca_broker.profile import build_federation_certificate
+from fedcore import pki
 
 
 class LocalBackend:
