@@ -75,7 +75,7 @@ class MalformedFederationIdentity(Unauthorized):
     reason only and never echoes certificate content.
     """
 
-    default_code = "malformed_federation_identity"
+    default_code = "client_cert_malformed"  # DESIGN §5 step 3
 
     def __init__(self, reason: str) -> None:
         if reason not in REASONS:
