@@ -45,7 +45,7 @@ class CaptureUpstream:
             do_GET = _answer  # noqa: N815 - http.server's naming
             do_POST = _answer  # noqa: N815
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: object) -> None:
                 return
 
         self.server = ThreadingHTTPServer((host, 0), Handler)
