@@ -31,7 +31,7 @@ def migrated_db_url(test_postgres: PostgresForTests) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def gateways() -> Iterator[list[Gateway]]:
-    """Two gateways (a on 127.0.0.12, b on 127.0.0.13) started by the real launcher."""
+    """Two gateways (a on <test net>.12, b on .13) started by the real launcher."""
     started, root = start_gateways(2)
     try:
         yield started

@@ -11,8 +11,9 @@ import tempfile
 from pathlib import Path
 
 from devstack.processes import ProcessRecord
+from tests.support.net import host
 
-FIRST_HOST = "127.0.0.30"
+FIRST_HOST = host(30)
 
 
 def _devstack(state_root: Path, *args: str) -> subprocess.CompletedProcess[str]:

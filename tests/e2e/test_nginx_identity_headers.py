@@ -18,9 +18,10 @@ from devstack import nginx
 from devstack.processes import ProcessRecord, stop
 from fedcore import pki
 from tests.support.capture_upstream import CaptureUpstream
+from tests.support.net import host
 from tests.support.test_pki import ClientIdentity, issue_client, write_server_pki
 
-HOST = "127.0.0.41"
+HOST = host(41)
 PUBLIC_PORT = 18443
 ADMIN_PORT = 18080
 PROXY_SECRET = "proxy-secret-for-this-test-run-7f3a9c1e5b"

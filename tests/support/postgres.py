@@ -17,8 +17,8 @@ import psycopg
 
 from devstack.postgres import PostgresCluster
 from fedcore import migrations
+from tests.support.net import host
 
-TEST_PG_HOST = "127.0.0.10"
 TEST_PG_PORT = 55432
 TEMPLATE_DB = "mosaic_template"
 
@@ -61,7 +61,7 @@ class PostgresForTests:
 def start_test_postgres() -> tuple[PostgresForTests, Path]:
     root = Path(tempfile.mkdtemp(prefix="mosaic-test-pg-"))
     root.chmod(0o755)
-    cluster = PostgresCluster(root / "pg", TEST_PG_HOST, TEST_PG_PORT)
+    cluster = PostgresCluster(root / "pg", host(10), TEST_PG_PORT)
     password = secrets.token_urlsafe(18)
     cluster.init(password)
     cluster.start()

@@ -1,7 +1,7 @@
 """Running gateways for e2e tests, started by the real launcher (``devstack``).
 
-Tests use their own state folder and loopback addresses (127.0.0.12, .13, …), so they never
-collide with a developer's ``make up`` on 127.0.0.2.
+Tests use their own state folder and loopback addresses (``tests.support.net``), so they never
+collide with a developer's ``make up`` on 127.0.0.2 or with another test session.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from devstack import stack
-
-TEST_FIRST_HOST = "127.0.0.12"
+from tests.support.net import host
 
 
 @dataclass(frozen=True)
@@ -60,12 +59,12 @@ class Gateway:
         return loaded
 
 
-def start_gateways(count: int, first_host: str = TEST_FIRST_HOST) -> tuple[list[Gateway], Path]:
+def start_gateways(count: int, first_host: str | None = None) -> tuple[list[Gateway], Path]:
     root = Path(tempfile.mkdtemp(prefix="mosaic-test-stack-"))
     root.chmod(0o755)  # the postgres user must traverse into its cluster folder
     gateways = []
     try:
-        for spec in stack.gateway_specs(count, root, first_host):
+        for spec in stack.gateway_specs(count, root, first_host or host(12)):
             gateways.append(Gateway(spec, stack.up(spec)))
     except BaseException:
         stop_gateways(root)
