@@ -1,0 +1,77 @@
+"""Rows the tests need (users, teams, peers, grants), inserted through the real models."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+
+from fedcore.models import FederationGrant, FederationPeer, GrantStatus, PeerState, Team, User
+
+DEFAULT_SCOPE: dict[str, Any] = {
+    "resources": ["tasks", "notes"],
+    "excluded_resources": [],
+    "include_teams": [],
+    "include_personal": True,
+    "max_rows_per_query": 50,
+}
+
+
+@dataclass(frozen=True)
+class GrantFixture:
+    user_id: uuid.UUID
+    peer_id: uuid.UUID
+    peer_name: str
+    grant_id: uuid.UUID
+
+
+async def create_user(session: AsyncSession, username: str | None = None) -> User:
+    user = User(username=username or f"user-{secrets.token_hex(4)}", display_name="Test User")
+    session.add(user)
+    await session.flush()
+    return user
+
+
+async def create_team(session: AsyncSession, name: str | None = None) -> Team:
+    team = Team(name=name or f"team-{secrets.token_hex(4)}")
+    session.add(team)
+    await session.flush()
+    return team
+
+
+async def create_peer(
+    session: AsyncSession, name: str | None = None, state: PeerState = PeerState.PENDING
+) -> FederationPeer:
+    peer = FederationPeer(name=name or f"peer-{secrets.token_hex(4)}", state=state)
+    session.add(peer)
+    await session.flush()
+    return peer
+
+
+async def create_grant_fixture(
+    database_url: str,
+    status: GrantStatus = GrantStatus.PENDING,
+    scope: dict[str, Any] | None = None,
+) -> GrantFixture:
+    """A user, a peer and a grant between them, committed."""
+    engine = create_async_engine(database_url)
+    try:
+        async with async_sessionmaker(engine)() as session:
+            user = await create_user(session)
+            peer = await create_peer(session)
+            grant = FederationGrant(
+                subject_user_id=user.id,
+                peer_id=peer.id,
+                scope=scope or DEFAULT_SCOPE,
+                status=status,
+            )
+            session.add(grant)
+            await session.flush()
+            fixture = GrantFixture(user.id, peer.id, peer.name, grant.id)
+            await session.commit()
+            return fixture
+    finally:
+        await engine.dispose()
