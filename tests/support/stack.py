@@ -51,6 +51,12 @@ class Gateway:
     def database_url(self) -> str:
         return str(self.state["database_url"])
 
+    @property
+    def service_token(self) -> str:
+        """The internal service token (what enrollment presents to the ca-broker)."""
+        secrets: dict[str, str] = json.loads((self.spec.state_dir / "secrets.json").read_text())
+        return secrets["service_token"]
+
     def service_url(self, service: str) -> str:
         return str(self.state["service_urls"][service])
 
