@@ -3,6 +3,7 @@ revoked certificate is refused in a real TLS handshake on the public listener.""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import tempfile
 import time
@@ -58,7 +59,7 @@ async def test_revoked_certificate_is_refused_by_nginx(gateway_a: Gateway) -> No
     deadline = time.monotonic() + 10
     after = call()
     while after.status_code != 401 and time.monotonic() < deadline:
-        time.sleep(0.1)  # nginx picks the new CRL up on SIGHUP; workers roll over
+        await asyncio.sleep(0.1)  # nginx picks the new CRL up on SIGHUP; workers roll over
         after = call()
     assert after.status_code == 401
     assert after.json()["error"]["code"] == "client_cert_invalid"
