@@ -27,10 +27,12 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from tests.support.net import host
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "deploy" / "step-ca" / "build.sh"
 TEMPLATES = REPO_ROOT / "deploy" / "step-ca" / "templates"
-STEPCA_HOST = "127.0.0.5"
+STEPCA_HOST = host(5)
 MAIN_PROVISIONER = "mosaic-federation"
 MISSING_OID_PROVISIONER = "mosaic-federation-missing-oid"
 START_TIMEOUT_SECONDS = 20.0

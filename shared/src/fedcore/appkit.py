@@ -36,13 +36,15 @@ def create_service_app(
         app.state.settings = settings
         app.state.engine = engine
         app.state.sessionmaker = create_sessionmaker(engine)
-        cleanup = await on_startup(app) if on_startup else None
         try:
-            yield
+            cleanup = await on_startup(app) if on_startup else None
+            try:
+                yield
+            finally:
+                if cleanup is not None:
+                    await cleanup()
         finally:
-            if cleanup is not None:
-                await cleanup()
-            await engine.dispose()
+            await engine.dispose()  # also when on_startup fails
 
     app = FastAPI(
         title=title,

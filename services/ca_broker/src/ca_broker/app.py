@@ -45,6 +45,9 @@ async def build_broker(
         from ca_broker.backends.stepca import StepCaBackend
 
         backend = await StepCaBackend.create(settings)
+        # No CRL in this mode: a stale one left by the local backend would make nginx check
+        # step-ca's certificates against the wrong issuer and refuse them all.
+        (directory / "crl.pem").unlink(missing_ok=True)
         client_ca_pem = backend.bundle_pem() + backend.intermediates_pem()
         bundle_pem = pki.cert_pem(hierarchy.root_cert) + backend.bundle_pem()
     else:
