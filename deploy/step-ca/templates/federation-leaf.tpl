@@ -3,7 +3,8 @@
 
   Every value comes from the SIGNED one-time token (.Token = the verified JWT
   payload), never from .Insecure (CSR / user templateData):
-    subject CN                       = .Token.sub   (the peer name)
+    subject CN                       = .Token.mosaic.peer_name (the peer's registered name;
+                                       .Token.sub is the CSR's CN, which step-ca requires)
     subjectAltName URI               = urn:mosaic:federation:peer:<.Token.mosaic.peer_id>
     1.3.6.1.4.1.99999.1 (non-crit.)  = UTF8String(.Token.mosaic.grant_id)
     1.3.6.1.4.1.99999.2 (non-crit.)  = UTF8String(.Token.mosaic.subject_user_id)
@@ -18,15 +19,15 @@
   have no asn1 helpers.
 */ -}}
 {{- $uuidRe := "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$" -}}
-{{- $sub := .Token.sub -}}
-{{- if not (kindIs "string" $sub) }}{{ fail "mosaic: token sub must be a string" }}{{ end -}}
-{{- if eq $sub "" }}{{ fail "mosaic: token sub must not be empty" }}{{ end -}}
 {{- $m := dict -}}
 {{- if hasKey .Token "mosaic" }}{{ $m = .Token.mosaic }}{{ end -}}
 {{- if not (kindIs "map" $m) }}{{ fail "mosaic: token claim 'mosaic' must be an object" }}{{ end -}}
 {{- $gid := get $m "grant_id" -}}
 {{- $uid := get $m "subject_user_id" -}}
 {{- $pid := get $m "peer_id" -}}
+{{- $name := get $m "peer_name" -}}
+{{- if not (kindIs "string" $name) }}{{ fail "mosaic: mosaic.peer_name must be a string" }}{{ end -}}
+{{- if not (regexMatch "^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$" $name) }}{{ fail "mosaic: mosaic.peer_name must be a plain name" }}{{ end -}}
 {{- if not (kindIs "string" $gid) }}{{ fail "mosaic: mosaic.grant_id must be a string" }}{{ end -}}
 {{- if not (regexMatch $uuidRe $gid) }}{{ fail "mosaic: mosaic.grant_id must be a canonical lowercase UUID" }}{{ end -}}
 {{- if not (kindIs "string" $uid) }}{{ fail "mosaic: mosaic.subject_user_id must be a string" }}{{ end -}}
@@ -34,7 +35,7 @@
 {{- if not (kindIs "string" $pid) }}{{ fail "mosaic: mosaic.peer_id must be a string" }}{{ end -}}
 {{- if not (regexMatch $uuidRe $pid) }}{{ fail "mosaic: mosaic.peer_id must be a canonical lowercase UUID" }}{{ end -}}
 {
-	"subject": {"commonName": {{ toJson $sub }}},
+	"subject": {"commonName": {{ toJson $name }}},
 	"uris": [{{ printf "urn:mosaic:federation:peer:%s" $pid | toJson }}],
 	"keyUsage": ["digitalSignature"],
 	"extKeyUsage": ["clientAuth"],

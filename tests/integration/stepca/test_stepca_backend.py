@@ -282,15 +282,18 @@ async def test_missing_oid_template_is_refused_by_the_post_check_and_not_recorde
     assert [r.serial for r in after] == [r.serial for r in before]
 
 
-async def test_csr_common_name_other_than_the_peer_is_a_400_before_step_ca(
+async def test_certificate_cn_is_the_peer_name_whatever_the_csr_asks(
     stepca_server: StepCa, migrated_db_url: str
 ) -> None:
+    """step-ca needs the token's sub to equal the CSR's CN, so sub carries the CSR's (checked)
+    CN; the template takes the certificate's CN from the signed mosaic.peer_name."""
     s = await seed(migrated_db_url)
     async with broker(broker_settings(migrated_db_url, stepca_server)) as client:
         response = await client.post("/sign", json=sign_body(s, common_name="someone-else"))
-    assert response.status_code == 400
-    assert response.json()["error"]["code"] == "invalid_csr"
-    assert await certificate_rows(migrated_db_url) == []
+    assert response.status_code == 201, response.text
+    leaf = pki.load_pem_chain(response.json()["cert_pem"])[0]
+    assert leaf.subject.rfc4514_string() == f"CN={s.peer_name}"
+    assert len(await certificate_rows(migrated_db_url)) == 1
 
 
 async def test_crl_is_not_available_in_stepca_mode(
@@ -516,8 +519,10 @@ async def test_one_time_token_header_and_claims(
         "grant_id": str(s.grant_id),
         "subject_user_id": str(s.user_id),
         "peer_id": str(s.peer_id),
+        "peer_name": s.peer_name,
     }
-    assert all(v == v.lower() and len(v) == 36 for v in claims["mosaic"].values())
+    ids = [v for k, v in claims["mosaic"].items() if k != "peer_name"]
+    assert all(v == v.lower() and len(v) == 36 for v in ids)
     assert set(claims) == {"iss", "sub", "aud", "iat", "nbf", "exp", "jti", "sans", "mosaic"}
 
 

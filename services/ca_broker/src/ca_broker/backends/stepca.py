@@ -60,7 +60,6 @@ from ca_broker.backends import IssuedChain, IssueRequest
 from ca_broker.profile import peer_uri
 from ca_broker.settings import Settings
 from fedcore import pki
-from fedcore.csr import InvalidCsr
 from fedcore.errors import UpstreamUnavailable
 
 log = logging.getLogger("ca_broker.backends.stepca")
@@ -549,7 +548,9 @@ class StepCaBackend:
         issued_at = int(time.time()) if now is None else now
         claims: dict[str, Any] = {
             "iss": self.provisioner_name,
-            "sub": request.peer_name,
+            # step-ca's JWK provisioner requires sub == the CSR's CN; the CN already passed our
+            # CSR checks. The certificate's CN comes from the signed mosaic.peer_name instead.
+            "sub": request.csr.common_name,
             "aud": self.sign_audience,
             "iat": issued_at,
             "nbf": issued_at,
@@ -561,15 +562,12 @@ class StepCaBackend:
                 "grant_id": _canonical(request.grant_id),
                 "subject_user_id": _canonical(request.subject_user_id),
                 "peer_id": _canonical(request.peer_id),
+                "peer_name": request.peer_name,
             },
         }
         return sign_jwt(self._key, claims)
 
     async def issue(self, request: IssueRequest) -> IssuedChain:
-        if request.csr.common_name != request.peer_name:
-            # step-ca refuses (403) a CSR whose CN is neither empty nor the token's sub; say so
-            # before a token is minted and burnt.
-            raise InvalidCsr("CSR common name must be the peer's name")
         lifetime = max(int(request.lifetime.total_seconds()), 1)
         response_body: Any = None
         status = 0
