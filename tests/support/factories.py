@@ -5,11 +5,22 @@ from __future__ import annotations
 import secrets
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
-from fedcore.models import FederationGrant, FederationPeer, GrantStatus, PeerState, Team, User
+from fedcore.models import (
+    FederationEnrollmentToken,
+    FederationGrant,
+    FederationPeer,
+    GrantStatus,
+    PeerState,
+    Team,
+    User,
+)
+from fedcore.pki import utcnow
+from fedcore.tokens import hash_token, new_token
 
 DEFAULT_SCOPE: dict[str, Any] = {
     "resources": ["tasks", "notes"],
@@ -75,3 +86,25 @@ async def create_grant_fixture(
             return fixture
     finally:
         await engine.dispose()
+
+
+async def create_enrollment_token(
+    database_url: str, fx: GrantFixture, ttl: timedelta = timedelta(minutes=15)
+) -> str:
+    """Store an enrollment token the way the grants service does (hash only); return it."""
+    token = new_token()
+    engine = create_async_engine(database_url)
+    try:
+        async with async_sessionmaker(engine)() as session:
+            session.add(
+                FederationEnrollmentToken(
+                    token_hash=hash_token(token),
+                    grant_id=fx.grant_id,
+                    peer_id=fx.peer_id,
+                    expires_at=utcnow() + ttl,
+                )
+            )
+            await session.commit()
+    finally:
+        await engine.dispose()
+    return token

@@ -7,6 +7,7 @@ collide with a developer's ``make up`` on 127.0.0.2 or with another test session
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import ssl
 import tempfile
@@ -66,6 +67,8 @@ class Gateway:
 
 
 def start_gateways(count: int, first_host: str | None = None) -> tuple[list[Gateway], Path]:
+    # Room for the concurrency tests' bursts; the 429 test still exceeds it.
+    os.environ.setdefault("MOSAIC_ENROLLMENT_BURST", "50")
     root = Path(tempfile.mkdtemp(prefix="mosaic-test-stack-"))
     root.chmod(0o755)  # the postgres user must traverse into its cluster folder
     gateways = []

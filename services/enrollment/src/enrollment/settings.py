@@ -16,3 +16,4 @@ class Settings(ServiceSettings):
     bind_port: int = Field(default=9102, ge=1, le=65535)
     ca_broker_url: str = Field(default="http://127.0.0.1:9101")
     public_url: str = Field(default="https://127.0.0.1:8443")
+    ca_timeout_seconds: float = Field(default=10.0, gt=0, le=60)

@@ -1,0 +1,165 @@
+"""Redeeming an enrollment token: claim, CSR → ca-broker, activation, audit — one transaction.
+
+Order matters: every check that can refuse runs before the CA is asked to sign, and everything
+after signing commits together. If signing or anything after it fails, the transaction rolls
+back: the token stays unused and the grant pending (the reference system burned the token here),
+and a certificate that was issued but never delivered is revoked at the broker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from enrollment.repository import EnrollmentTokenRepository
+from enrollment.schemas import EnrollmentRequest, EnrollmentResponse
+from fedcore import pki
+from fedcore.audit import AuditEvent, write_audit, write_audit_now
+from fedcore.broker_client import CaBrokerClient
+from fedcore.csr import validate_csr
+from fedcore.errors import Conflict, DomainError, Gone, NotFound
+from fedcore.models import ActorType, AuditOutcome, GrantStatus, PeerState
+from fedcore.tokens import hash_token, log_prefix
+
+log = logging.getLogger("enrollment.service")
+_TOKEN_SHAPE = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass
+class EnrollmentService:
+    broker: CaBrokerClient
+    sessionmaker: async_sessionmaker[AsyncSession]
+    public_url: str
+
+    async def redeem(
+        self, session: AsyncSession, token: str, body: EnrollmentRequest
+    ) -> EnrollmentResponse:
+        known = _KnownSoFar()
+        try:
+            return await self._redeem(session, token, body, known)
+        except DomainError as refusal:
+            await session.rollback()
+            outcome = AuditOutcome.ERROR if refusal.status_code >= 500 else AuditOutcome.DENIED
+            # Every attempt leaves a row, in its own transaction (the main one rolled back).
+            await write_audit_now(
+                self.sessionmaker, known.event(token, outcome, reason_code=refusal.code)
+            )
+            log.info(
+                "enrollment refused",
+                extra={"token_prefix": log_prefix(token), "code": refusal.code},
+            )
+            raise
+
+    async def _redeem(
+        self, session: AsyncSession, token: str, body: EnrollmentRequest, known: _KnownSoFar
+    ) -> EnrollmentResponse:
+        if not _TOKEN_SHAPE.match(token):
+            raise NotFound("unknown enrollment token", code="token_unknown")
+        repo = EnrollmentTokenRepository(session)
+        record = await repo.lock_by_hash(hash_token(token))
+        if record is None:
+            raise NotFound("unknown enrollment token", code="token_unknown")
+        known.grant_id, known.peer_id = record.grant_id, record.peer_id
+        now = pki.utcnow()
+        if record.used_at is not None:
+            raise Gone("enrollment token already used", code="token_used")
+        if record.revoked_at is not None:
+            raise Gone("enrollment token was revoked", code="token_revoked")
+        if record.expires_at <= now:
+            raise Gone("enrollment token expired", code="token_expired")
+
+        grant = await repo.lock_grant(record.grant_id)
+        if grant is None or grant.status != GrantStatus.PENDING:
+            raise Conflict("the grant is not awaiting enrollment", code="grant_not_pending")
+        known.subject_user_id = grant.subject_user_id
+        if grant.expires_at is not None and grant.expires_at <= now:
+            raise Conflict("the grant has expired", code="grant_not_pending")
+        if grant.peer_id != record.peer_id:  # tokens are minted per grant+peer; belt and braces
+            raise Conflict("token and grant disagree on the peer", code="grant_not_pending")
+        peer = await repo.peer(record.peer_id)
+        if peer is None or peer.state not in (PeerState.PENDING, PeerState.ACTIVE):
+            raise Conflict("the peer may not enroll", code="peer_not_enrollable")
+
+        validate_csr(body.csr_pem)  # refuse early; the broker checks again
+        signed = await self.broker.sign(
+            csr_pem=body.csr_pem,
+            grant_id=grant.id,
+            subject_user_id=grant.subject_user_id,
+            peer_id=peer.id,
+        )
+        try:
+            if not await repo.mark_used(record.id, now):
+                raise Gone("enrollment token already used", code="token_used")
+            if not await repo.activate_grant(grant.id, now):
+                raise Conflict("the grant is not awaiting enrollment", code="grant_not_pending")
+            if not await repo.activate_peer(
+                peer.id,
+                serial=signed.serial,
+                fingerprint=signed.fingerprint_sha256,
+                not_after=signed.not_after,
+                now=now,
+            ):
+                raise Conflict("the peer may not enroll", code="peer_not_enrollable")
+            bundle = await self.broker.ca_bundle_pem()
+            await write_audit(
+                session, known.event(token, AuditOutcome.ALLOWED, cert_serial=signed.serial)
+            )
+            await session.commit()
+        except BaseException:
+            await session.rollback()
+            # Issued but never delivered: take it off the table at once.
+            with contextlib.suppress(DomainError):
+                await self.broker.revoke(signed.serial, "enrollment_aborted")
+            raise
+        log.info(
+            "enrollment completed",
+            extra={
+                "token_prefix": log_prefix(token),
+                "grant_id": str(grant.id),
+                "peer_id": str(peer.id),
+                "serial": signed.serial,
+            },
+        )
+        return EnrollmentResponse(
+            cert_pem=signed.cert_pem,
+            cert_chain_pem=signed.cert_chain_pem,
+            ca_bundle_pem=bundle,
+            grant_id=grant.id,
+            subject_user_id=grant.subject_user_id,
+            peer_id=peer.id,
+            not_after=signed.not_after,
+            endpoint=self.public_url,
+        )
+
+
+@dataclass
+class _KnownSoFar:
+    """What the redemption has learnt, so a refusal's audit row says as much as it can."""
+
+    grant_id: uuid.UUID | None = None
+    peer_id: uuid.UUID | None = None
+    subject_user_id: uuid.UUID | None = None
+
+    def event(
+        self,
+        token: str,
+        outcome: AuditOutcome,
+        reason_code: str | None = None,
+        cert_serial: str | None = None,
+    ) -> AuditEvent:
+        return AuditEvent(
+            actor_type=ActorType.ENROLLMENT,
+            actor_id=f"token:{log_prefix(token)}",
+            action="enrollment.redeem",
+            outcome=outcome,
+            reason_code=reason_code,
+            grant_id=self.grant_id,
+            peer_id=self.peer_id,
+            subject_user_id=self.subject_user_id,
+            cert_serial=cert_serial,
+        )
