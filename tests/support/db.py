@@ -13,7 +13,7 @@ def connect(url: str) -> psycopg.Connection[tuple[Any, ...]]:
 
 def fetch_all(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     with connect(url) as conn:
-        return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+        return conn.execute(sql, params).fetchall()
 
 
 def fetch_one(url: str, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...]:
