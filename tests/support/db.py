@@ -20,3 +20,9 @@ def fetch_one(url: str, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ..
     rows = fetch_all(url, sql, params)
     assert len(rows) == 1, rows
     return rows[0]
+
+
+def execute(url: str, sql: str) -> None:
+    """Run statements that return no rows (DDL in tests)."""
+    with connect(url) as conn:
+        conn.execute(sql)

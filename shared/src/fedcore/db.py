@@ -57,4 +57,7 @@ async def unit_of_work(request: Request) -> AsyncIterator[AsyncSession]:
             await session.commit()
 
 
-SessionDep = Annotated[AsyncSession, Depends(unit_of_work)]
+# scope="function": the commit happens before the response is sent. With the default (request)
+# scope FastAPI sends the answer first, so a failed commit would follow a 2xx the client already
+# has (e.g. a certificate the CA never recorded).
+SessionDep = Annotated[AsyncSession, Depends(unit_of_work, scope="function")]
