@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import psycopg
 import pytest
@@ -294,3 +294,76 @@ async def test_bundle_is_public_and_verifies_the_server_certificate(broker: Brok
     server_chain = pki.load_pem_chain((broker.pki_dir / "server.pem").read_bytes())
     server_chain[0].verify_directly_issued_by(bundle[1])
     bundle[1].verify_directly_issued_by(bundle[0])
+
+
+@pytest.mark.parametrize(
+    ("sql", "code"),
+    [
+        (
+            "UPDATE federation_grants SET status = 'revoked' WHERE id = %(grant)s",
+            "grant_not_issuable",
+        ),
+        (
+            "UPDATE federation_grants SET status = 'expired' WHERE id = %(grant)s",
+            "grant_not_issuable",
+        ),
+        (
+            "UPDATE federation_grants SET expires_at = now() - interval '1 second' "
+            "WHERE id = %(grant)s",
+            "grant_not_issuable",
+        ),
+        ("UPDATE federation_peers SET state = 'revoked' WHERE id = %(peer)s", "peer_not_issuable"),
+        (
+            "UPDATE federation_peers SET state = 'suspended' WHERE id = %(peer)s",
+            "peer_not_issuable",
+        ),
+        (
+            "UPDATE federation_peers SET name = 'bad name{{' WHERE id = %(peer)s",
+            "peer_not_issuable",
+        ),
+    ],
+)
+async def test_no_certificate_for_a_dead_grant_or_peer(broker: Broker, sql: str, code: str) -> None:
+    fx = await create_grant_fixture(broker.database_url)
+    with _sql(broker.database_url) as conn:
+        conn.execute(sql, {"grant": fx.grant_id, "peer": fx.peer_id})
+    csr = make_csr(ec.generate_private_key(ec.SECP256R1()), "peer")
+    response = await broker.client.post("/sign", json=_sign_body(fx, csr), headers=broker.auth)
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == code
+    assert _certificate_rows(broker.database_url) == []
+
+
+async def test_certificate_never_outlives_its_grant(broker: Broker) -> None:
+    fx = await create_grant_fixture(broker.database_url)
+    with _sql(broker.database_url) as conn:
+        conn.execute(
+            "UPDATE federation_grants SET expires_at = now() + interval '2 hours' WHERE id = %s",
+            (fx.grant_id,),
+        )
+        row = conn.execute(
+            "SELECT expires_at FROM federation_grants WHERE id = %s", (fx.grant_id,)
+        ).fetchone()
+    assert row is not None
+    expires_at = row[0]
+    assert isinstance(expires_at, datetime)
+    cert = await _sign(broker, fx)
+    assert cert.not_valid_after_utc <= expires_at
+
+
+class RenamingBackend(LocalBackend):
+    """A backend whose template writes some other CN."""
+
+    async def issue(self, request: IssueRequest) -> IssuedChain:
+        return await super().issue(replace(request, peer_name="someone-else"))
+
+
+async def test_post_issuance_check_catches_a_foreign_subject(broker: Broker) -> None:
+    fx = await create_grant_fixture(broker.database_url)
+    service = broker.app.state.ca_service
+    service.backend = RenamingBackend(service.backend.hierarchy)
+    csr = make_csr(ec.generate_private_key(ec.SECP256R1()), "peer")
+    response = await broker.client.post("/sign", json=_sign_body(fx, csr), headers=broker.auth)
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "issuance_check_failed"
+    assert _certificate_rows(broker.database_url) == []

@@ -15,9 +15,15 @@ from ca_broker.crl import CrlPublisher
 from ca_broker.postcheck import check_issued
 from ca_broker.schemas import RevokeRequest, RevokeResponse, SignRequest, SignResponse
 from fedcore import pki
-from fedcore.csr import validate_csr
-from fedcore.errors import BadRequest, NotFound
-from fedcore.models import FederationCertificate, FederationGrant, FederationPeer
+from fedcore.csr import COMMON_NAME_RE, validate_csr
+from fedcore.errors import BadRequest, Conflict, NotFound
+from fedcore.models import (
+    FederationCertificate,
+    FederationGrant,
+    FederationPeer,
+    GrantStatus,
+    PeerState,
+)
 
 log = logging.getLogger("ca_broker.service")
 
@@ -45,7 +51,24 @@ class CaService:
             raise BadRequest(
                 "grant does not match the peer and subject user", code="grant_mismatch"
             )
+        now = pki.utcnow()
+        # The CA is the last gate: no certificate for a dead grant or peer, whoever asks. (No
+        # row lock here: enrollment holds the grant's lock while it calls us; the verbs re-read
+        # grant and peer on every request anyway.)
+        if grant.status not in (GrantStatus.PENDING, GrantStatus.ACTIVE) or (
+            grant.expires_at is not None and grant.expires_at <= now
+        ):
+            raise Conflict("the grant cannot receive certificates", code="grant_not_issuable")
+        if peer.state not in (PeerState.PENDING, PeerState.ACTIVE):
+            raise Conflict("the peer cannot receive certificates", code="peer_not_issuable")
+        if not COMMON_NAME_RE.fullmatch(peer.name):
+            # The name becomes the certificate's CN; only plain names may (stops injection
+            # through a row written around the admin API).
+            raise Conflict("the peer's name is not usable as a CN", code="peer_not_issuable")
         requested = timedelta(seconds=body.ttl_seconds) if body.ttl_seconds else self.default_ttl
+        lifetime = min(requested, self.max_ttl)
+        if grant.expires_at is not None:
+            lifetime = min(lifetime, grant.expires_at - now)  # never outlive the grant
         request = IssueRequest(
             csr=csr,
             csr_pem=body.csr_pem,
@@ -53,7 +76,7 @@ class CaService:
             peer_id=peer.id,
             grant_id=grant.id,
             subject_user_id=body.subject_user_id,
-            lifetime=min(requested, self.max_ttl),
+            lifetime=lifetime,
         )
         issued = await self.backend.issue(request)
         checked = check_issued(issued, request, self.roots)
@@ -69,7 +92,8 @@ class CaService:
             not_after=cert.not_valid_after_utc,
         )
         session.add(record)
-        await session.flush()
+        # Recorded before the answer leaves: a certificate the CA cannot revoke must not exist.
+        await session.commit()
         log.info(
             "certificate issued",
             extra={"serial": record.serial, "grant_id": str(grant.id), "peer_id": str(peer.id)},
