@@ -155,6 +155,9 @@ def service_environment(spec: GatewaySpec, secret: dict[str, str], service: str)
     elif service == "enrollment" or service == "grants":
         env[f"{prefix}CA_BROKER_URL"] = broker_url
         env[f"{prefix}PUBLIC_URL"] = spec.public_url
+        if service == "grants":
+            # Its root's fingerprint is pinned in enrollment URLs (#ca_fp=...).
+            env[f"{prefix}CA_BUNDLE_PATH"] = str(spec.pki_dir / "ca.pem")
     elif service == "verbs":
         env[f"{prefix}CA_BUNDLE_PATH"] = str(spec.pki_dir / "client-ca.pem")
     return env

@@ -1,0 +1,174 @@
+"""Revoking a grant (or a peer) revokes its live certificates: the grants service asks the real
+ca-broker (driven in-process on the same database) to revoke each serial, so it lands on the CRL.
+When the broker cannot be reached the revocation is recorded in federation_certificates directly
+(the verbs refuse the serial at once; the broker's refresher publishes it)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography import x509
+
+import ca_broker.app
+import ca_broker.settings
+from fedcore import pki
+from fedcore.csr import make_csr
+from grants.app import create_app
+from tests.integration.grants.harness import Db, make_settings
+from tests.support.apps import running
+from tests.support.secrets import random_secret
+
+
+@dataclass
+class TwoApps:
+    grants: httpx.AsyncClient
+    broker: httpx.AsyncClient
+    db: Db
+    admin: dict[str, str]
+    service: dict[str, str]
+
+    async def ok(self, method: str, path: str, status: int = 200, **kwargs: Any) -> Any:
+        response = await self.grants.request(method, path, headers=self.admin, **kwargs)
+        assert response.status_code == status, response.text
+        return response.json()
+
+    async def live_grant(self) -> tuple[dict[str, Any], str]:
+        """A grant activated the way enrollment does it, with a certificate from the broker."""
+        user = await self.ok(
+            "POST", "/api/admin/users", 201, json={"username": f"u{uuid.uuid4().hex[:6]}"}
+        )
+        peer = await self.ok(
+            "POST", "/api/admin/federation/peers", 201, json={"name": f"p{uuid.uuid4().hex[:6]}"}
+        )
+        grant = await self.ok(
+            "POST",
+            "/api/admin/federation/grants",
+            201,
+            json={
+                "subject_user_id": user["id"],
+                "peer_id": peer["id"],
+                "scope": {"resources": ["tasks"]},
+            },
+        )
+        signed = await self.broker.post(
+            "/sign",
+            headers=self.service,
+            json={
+                "csr_pem": make_csr(pki.new_ec_key(), "enrolling-peer"),
+                "grant_id": grant["id"],
+                "subject_user_id": user["id"],
+                "peer_id": peer["id"],
+            },
+        )
+        assert signed.status_code == 201, signed.text
+        self.db.execute(
+            "UPDATE federation_grants SET status = 'active' WHERE id = %s", (grant["id"],)
+        )
+        return grant, str(signed.json()["serial"])
+
+    async def crl_serials(self) -> set[str]:
+        crl = x509.load_pem_x509_crl((await self.broker.get("/pki/crl.pem")).content)
+        return {format(entry.serial_number, "x") for entry in crl}
+
+
+@pytest.fixture
+async def two_apps(migrated_db_url: str, tmp_path: Path) -> AsyncIterator[TwoApps]:
+    shared = {
+        "gateway_secret": random_secret(),
+        "proxy_secret": random_secret(),
+        "service_token": random_secret(),
+    }
+    db_settings = {"url": migrated_db_url, "startup_wait_seconds": 0}
+    broker = ca_broker.app.create_app(
+        ca_broker.settings.Settings(db=db_settings, secrets=shared, pki_dir=str(tmp_path / "pki"))
+    )
+    db = Db(migrated_db_url)
+    token, _ = db.insert_token("admin")
+    async with running(broker, "http://ca-broker") as broker_client:
+        grants_app = create_app(
+            make_settings(migrated_db_url, None, secrets=shared, ca_broker_url="http://ca-broker"),
+            broker_transport=httpx.ASGITransport(app=broker),
+        )
+        async with running(grants_app) as grants_client:
+            yield TwoApps(
+                grants=grants_client,
+                broker=broker_client,
+                db=db,
+                admin={"Authorization": f"Bearer {token}"},
+                service={"Authorization": f"Bearer {shared['service_token']}"},
+            )
+
+
+async def test_revoking_a_grant_puts_its_certificate_on_the_crl(two_apps: TwoApps) -> None:
+    grant, serial = await two_apps.live_grant()
+    _, bystander = await two_apps.live_grant()
+    assert serial not in await two_apps.crl_serials()
+    revoked = await two_apps.ok(
+        "PATCH", f"/api/admin/federation/grants/{grant['id']}/revoke", json={"reason": "x"}
+    )
+    assert revoked["certificate_revocations"] == [{"serial": serial, "status": "revoked"}]
+    assert two_apps.db.one(
+        "SELECT revoked_reason FROM federation_certificates WHERE serial = %s", (serial,)
+    ) == ("grant_revoked",)
+    on_crl = await two_apps.crl_serials()
+    assert serial in on_crl
+    assert bystander not in on_crl
+
+
+async def test_revoking_a_peer_revokes_the_certificates_of_its_grants(two_apps: TwoApps) -> None:
+    grant, serial = await two_apps.live_grant()
+    changed = await two_apps.ok(
+        "PATCH", f"/api/admin/federation/peers/{grant['peer_id']}/state", json={"state": "revoked"}
+    )
+    assert changed["revoked_grant_ids"] == [grant["id"]]
+    assert changed["certificate_revocations"] == [{"serial": serial, "status": "revoked"}]
+    assert serial in await two_apps.crl_serials()
+
+
+async def test_without_the_broker_the_revocation_is_recorded_in_the_database(
+    migrated_db_url: str,
+) -> None:
+    db = Db(migrated_db_url)
+    token, _ = db.insert_token("admin")
+    headers = {"Authorization": f"Bearer {token}"}
+    async with running(create_app(make_settings(migrated_db_url, None))) as client:
+        user = (
+            await client.post("/api/admin/users", json={"username": "u"}, headers=headers)
+        ).json()
+        peer = (
+            await client.post("/api/admin/federation/peers", json={"name": "p"}, headers=headers)
+        ).json()
+        grant = (
+            await client.post(
+                "/api/admin/federation/grants",
+                json={
+                    "subject_user_id": user["id"],
+                    "peer_id": peer["id"],
+                    "scope": {"resources": ["tasks"]},
+                },
+                headers=headers,
+            )
+        ).json()
+        db.execute(
+            "INSERT INTO federation_certificates (id, serial, grant_id, peer_id, "
+            "fingerprint_sha256, subject_cn, backend, not_before, not_after) VALUES "
+            "(%s, 'abc123', %s, %s, %s, 'p', 'local', now(), now() + interval '1 day')",
+            (uuid.uuid4(), grant["id"], peer["id"], "f" * 64),
+        )
+        response = await client.patch(
+            f"/api/admin/federation/grants/{grant['id']}/revoke", json={}, headers=headers
+        )
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "revoked"
+    assert response.json()["certificate_revocations"] == [
+        {"serial": "abc123", "status": "recorded"}
+    ]
+    revoked_at, reason = db.one("SELECT revoked_at, revoked_reason FROM federation_certificates")
+    assert revoked_at is not None
+    assert reason == "grant_revoked"

@@ -1,0 +1,282 @@
+"""The outbound side of enrollment (used by `mosaic federation peer add`):
+POST /peers/keypair makes a P-256 key server-side, seals it and returns a CSR;
+PATCH /peers/{connection_id}/cert stores the remote certificate only if it is for that key,
+carries both federation OIDs and chains to the given (optionally pinned) CA bundle."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from ca_broker.profile import build_federation_certificate, peer_uri
+from fedcore import pki
+from fedcore.csr import validate_csr
+from fedcore.federation_oids import GRANT_ID_OID, encode_uuid_utf8string
+from grants.service import CONNECTION_KEY_PURPOSE
+from tests.integration.grants.harness import Harness, assert_error
+
+KEYPAIR = "/api/admin/federation/peers/keypair"
+CONNECTIONS = "/api/admin/federation/connections"
+
+
+@pytest.fixture(scope="module")
+def remote_ca() -> pki.CaHierarchy:
+    return pki.generate_ca_hierarchy("gateway-b")
+
+
+def _issue(
+    ca: pki.CaHierarchy,
+    public_key: ec.EllipticCurvePublicKey,
+    *,
+    grant_id: uuid.UUID,
+    subject_user_id: uuid.UUID,
+    now: datetime | None = None,
+) -> x509.Certificate:
+    return build_federation_certificate(
+        public_key=public_key,
+        issuer_key=ca.intermediate_key,
+        issuer_cert=ca.intermediate_cert,
+        peer_name="gateway-a",
+        peer_id=uuid.uuid4(),
+        grant_id=grant_id,
+        subject_user_id=subject_user_id,
+        lifetime=timedelta(hours=24),
+        now=now or pki.utcnow(),
+    )
+
+
+def _issue_with_grant_oid_only(
+    ca: pki.CaHierarchy, public_key: ec.EllipticCurvePublicKey
+) -> x509.Certificate:
+    now = pki.utcnow()
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gateway-a")]))
+        .issuer_name(ca.intermediate_cert.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(peer_uri(uuid.uuid4()))]),
+            critical=False,
+        )
+        .add_extension(
+            x509.UnrecognizedExtension(GRANT_ID_OID, encode_uuid_utf8string(uuid.uuid4())),
+            critical=False,
+        )
+        .sign(ca.intermediate_key, hashes.SHA256())
+    )
+
+
+def _body(ca: pki.CaHierarchy, cert: x509.Certificate, **extra: Any) -> dict[str, Any]:
+    return {
+        "cert_pem": pki.cert_pem(cert),
+        "cert_chain_pem": pki.cert_pem(cert) + pki.cert_pem(ca.intermediate_cert),
+        "ca_bundle_pem": pki.cert_pem(ca.root_cert) + pki.cert_pem(ca.intermediate_cert),
+        **extra,
+    }
+
+
+async def _keypair(harness: Harness, name: str = "to-gateway-a") -> dict[str, Any]:
+    created: dict[str, Any] = await harness.ok(
+        "POST", KEYPAIR, 201, json={"name": name, "endpoint_url": "https://gateway-a.example:8443"}
+    )
+    return created
+
+
+def _csr_key(keypair: dict[str, Any]) -> ec.EllipticCurvePublicKey:
+    key = validate_csr(keypair["csr_pem"]).public_key
+    return key
+
+
+async def test_keypair_seals_the_key_and_returns_a_valid_csr(harness: Harness) -> None:
+    keypair = await _keypair(harness)
+    assert keypair["state"] == "pending"
+    checked = validate_csr(keypair["csr_pem"])
+    assert checked.common_name == "to-gateway-a"
+    row = harness.db.snapshot("federation_connections", keypair["connection_id"])
+    sealed = bytes(row["sealed_private_key"])
+    assert sealed.startswith(b"MSL1")
+    assert b"PRIVATE KEY" not in sealed
+    assert row["state"] == "pending"
+    assert row["cert_pem"] is None
+    assert row["endpoint_url"] == "https://gateway-a.example:8443"
+    private = pki.load_private_key(
+        harness.settings.secrets.sealer().unseal(sealed, purpose=CONNECTION_KEY_PURPOSE)
+    )
+    der = serialization.Encoding.DER
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    assert private.public_key().public_bytes(der, spki) == checked.public_key.public_bytes(
+        der, spki
+    )
+    assert "private" not in repr(keypair).lower()
+
+
+async def test_keypair_refusals(harness: Harness) -> None:
+    await _keypair(harness, "dup")
+    again = await harness.call(
+        "POST", KEYPAIR, json={"name": "dup", "endpoint_url": "https://x.example"}
+    )
+    assert_error(again, 409, "connection_name_taken")
+    for body in (
+        {"name": "bad name", "endpoint_url": "https://x.example"},
+        {"name": "ok", "endpoint_url": "http://x.example"},
+        {"name": "ok"},
+    ):
+        assert_error(await harness.call("POST", KEYPAIR, json=body), 422, "validation_error")
+    assert harness.db.count("federation_connections") == 1
+
+
+async def test_a_matching_certificate_activates_the_connection(
+    harness: Harness, remote_ca: pki.CaHierarchy
+) -> None:
+    keypair = await _keypair(harness)
+    grant_id, user_id = uuid.uuid4(), uuid.uuid4()
+    cert = _issue(remote_ca, _csr_key(keypair), grant_id=grant_id, subject_user_id=user_id)
+    pin = pki.fingerprint_sha256(remote_ca.root_cert)
+    body = _body(
+        remote_ca,
+        cert,
+        expected_grant_id=str(grant_id),
+        expected_subject_user_id=str(user_id),
+        expected_ca_fingerprint_sha256=pin,
+    )
+    active = await harness.ok(
+        "PATCH", f"/api/admin/federation/peers/{keypair['connection_id']}/cert", json=body
+    )
+    assert active["state"] == "active"
+    assert active["remote_grant_id"] == str(grant_id)
+    assert active["remote_subject_user_id"] == str(user_id)
+    assert active["ca_fingerprint_sha256"] == pin
+    assert active["cert_serial"] == pki.serial_hex(cert)
+    row = harness.db.snapshot("federation_connections", keypair["connection_id"])
+    assert row["state"] == "active"
+    assert row["cert_pem"] == pki.cert_pem(cert)
+    assert row["ca_bundle_pem"] == body["ca_bundle_pem"]
+    assert row["cert_not_after"] == cert.not_valid_after_utc
+    shown = await harness.ok("GET", f"{CONNECTIONS}/{keypair['connection_id']}")
+    assert shown == active
+    assert [
+        c["id"] for c in (await harness.ok("GET", CONNECTIONS, params={"state": "active"}))["items"]
+    ] == [keypair["connection_id"]]
+    [audit] = [r for r in harness.db.audit() if r["action"] == "connection.certificate"]
+    assert (audit["outcome"], audit["grant_id"], audit["subject_user_id"]) == (
+        "allowed",
+        grant_id,
+        user_id,
+    )
+    # A second certificate for an active connection is an illegal transition.
+    again = await harness.call(
+        "PATCH", f"/api/admin/federation/peers/{keypair['connection_id']}/cert", json=body
+    )
+    assert_error(again, 409, "invalid_transition")
+
+
+def _other_ca() -> pki.CaHierarchy:
+    return pki.generate_ca_hierarchy("mallory")
+
+
+REFUSALS = ["key", "oid", "chain", "grant", "pin", "garbage", "two-certs", "expired"]
+
+
+@pytest.mark.parametrize("case", REFUSALS)
+async def test_a_bad_certificate_is_refused_and_the_connection_stays_pending(
+    harness: Harness, remote_ca: pki.CaHierarchy, case: str
+) -> None:
+    keypair = await _keypair(harness)
+    key = _csr_key(keypair)
+    ids: dict[str, Any] = {"grant_id": uuid.uuid4(), "subject_user_id": uuid.uuid4()}
+    good = _issue(remote_ca, key, **ids)
+    body, code = _body(remote_ca, good), ""
+    if case == "key":
+        body, code = (
+            _body(remote_ca, _issue(remote_ca, pki.new_ec_key().public_key(), **ids)),
+            "certificate_key_mismatch",
+        )
+    elif case == "oid":
+        body, code = (
+            _body(remote_ca, _issue_with_grant_oid_only(remote_ca, key)),
+            "certificate_identity_invalid",
+        )
+    elif case == "chain":
+        other = _other_ca()
+        body = {**_body(other, _issue(other, key, **ids)), "ca_bundle_pem": body["ca_bundle_pem"]}
+        code = "certificate_chain_invalid"
+    elif case == "grant":
+        body, code = (
+            {**body, "expected_grant_id": str(uuid.uuid4())},
+            "certificate_identity_mismatch",
+        )
+    elif case == "pin":
+        body, code = {**body, "expected_ca_fingerprint_sha256": "0" * 64}, "ca_fingerprint_mismatch"
+    elif case == "garbage":
+        body, code = (
+            {**body, "cert_pem": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"},
+            "invalid_certificate",
+        )
+    elif case == "two-certs":
+        body, code = {**body, "cert_pem": body["cert_chain_pem"]}, "invalid_certificate"
+    elif case == "expired":
+        old = _issue(remote_ca, key, now=datetime.now(UTC) - timedelta(days=3), **ids)
+        body, code = _body(remote_ca, old), "certificate_chain_invalid"
+    before = harness.db.snapshot("federation_connections", keypair["connection_id"])
+    response = await harness.call(
+        "PATCH", f"/api/admin/federation/peers/{keypair['connection_id']}/cert", json=body
+    )
+    assert_error(response, 400, code)
+    assert harness.db.snapshot("federation_connections", keypair["connection_id"]) == before
+    [audit] = [r for r in harness.db.audit() if r["action"] == "connection.certificate"]
+    assert (audit["outcome"], audit["reason_code"]) == ("denied", code)
+
+
+async def test_unknown_connection_is_404(harness: Harness, remote_ca: pki.CaHierarchy) -> None:
+    cert = _issue(
+        remote_ca,
+        pki.new_ec_key().public_key(),
+        grant_id=uuid.uuid4(),
+        subject_user_id=uuid.uuid4(),
+    )
+    response = await harness.call(
+        "PATCH", f"/api/admin/federation/peers/{uuid.uuid4()}/cert", json=_body(remote_ca, cert)
+    )
+    assert_error(response, 404, "connection_not_found")
+    assert_error(
+        await harness.call("GET", f"{CONNECTIONS}/{uuid.uuid4()}"), 404, "connection_not_found"
+    )
+
+
+async def test_only_a_pending_connection_can_be_deleted(
+    harness: Harness, remote_ca: pki.CaHierarchy
+) -> None:
+    abandoned = await _keypair(harness, "abandoned")
+    kept = await _keypair(harness, "kept")
+    cert = _issue(remote_ca, _csr_key(kept), grant_id=uuid.uuid4(), subject_user_id=uuid.uuid4())
+    await harness.ok(
+        "PATCH",
+        f"/api/admin/federation/peers/{kept['connection_id']}/cert",
+        json=_body(remote_ca, cert),
+    )
+    assert await harness.ok("DELETE", f"{CONNECTIONS}/{abandoned['connection_id']}", 204) is None
+    before = harness.db.snapshot("federation_connections", kept["connection_id"])
+    assert_error(
+        await harness.call("DELETE", f"{CONNECTIONS}/{kept['connection_id']}"),
+        409,
+        "invalid_transition",
+    )
+    assert harness.db.snapshot("federation_connections", kept["connection_id"]) == before
+    assert harness.db.count("federation_connections") == 1
+    assert_error(
+        await harness.call("DELETE", f"{CONNECTIONS}/{uuid.uuid4()}"), 404, "connection_not_found"
+    )
+    # The name of a deleted (abandoned) attempt is free again.
+    await _keypair(harness, "abandoned")
