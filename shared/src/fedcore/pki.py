@@ -130,6 +130,7 @@ class CaHierarchy:
 
 def generate_ca_hierarchy(gateway_name: str, now: datetime | None = None) -> CaHierarchy:
     now = now or utcnow()
+    gateway_name = gateway_name[:40]  # a CN holds at most 64 characters
     root_key = new_ec_key()
     root_name = _name(f"{gateway_name} Federation Root CA", "Mosaic Federation")
     root_cert = _ca_builder(

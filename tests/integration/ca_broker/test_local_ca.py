@@ -367,3 +367,23 @@ async def test_post_issuance_check_catches_a_foreign_subject(broker: Broker) -> 
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "issuance_check_failed"
     assert _certificate_rows(broker.database_url) == []
+
+
+async def test_server_certificate_is_reissued_when_key_and_certificate_disagree(
+    broker: Broker,
+) -> None:
+    files = broker.app.state.pki_files
+    hierarchy = broker.app.state.ca_service.backend.hierarchy
+    hosts = broker.settings.server_cert_hosts
+    assert files.ensure_server_certificate(hierarchy, hosts) is False  # current: nothing to do
+    files.server_key_path.write_bytes(pki.private_key_pem(pki.new_ec_key()))
+    assert files.ensure_server_certificate(hierarchy, hosts) is True
+    key = pki.load_private_key(files.server_key_path.read_bytes())
+    cert = pki.load_pem_chain(files.server_cert_path.read_bytes())[0]
+    assert key.public_key() == cert.public_key()
+    assert files.server_key_path.stat().st_mode & 0o777 == 0o600
+
+
+def test_long_gateway_names_still_make_a_ca() -> None:
+    hierarchy = pki.generate_ca_hierarchy("g" * 63)
+    assert len(hierarchy.root_cert.subject.rfc4514_string()) < 120

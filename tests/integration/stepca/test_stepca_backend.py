@@ -248,9 +248,11 @@ async def test_sign_through_the_broker_issues_the_federation_profile(
     assert row.fingerprint_sha256 == body["fingerprint_sha256"] == pki.fingerprint_sha256(leaf)
     assert (row.backend, row.grant_id, row.peer_id) == ("stepca", s.grant_id, s.peer_id)
 
-    # Published files: peers pin the bundle; nginx verifies clients against root + intermediate
-    # (learnt at start from step-ca's TLS chain, since 0.19 has no /intermediates endpoint).
-    assert pki.cert_pem(root) in ca_pem
+    # Published files: peers pin ca.pem to authenticate this gateway's TLS server, which the
+    # local CA certifies, so step-ca's root is NOT in it; nginx verifies clients against
+    # step-ca's root + intermediate (learnt at start from step-ca's TLS chain, since 0.19 has
+    # no /intermediates endpoint).
+    assert pki.cert_pem(root) not in ca_pem
     client_ca_path = Path(settings.pki_dir, "client-ca.pem")
     client_ca = pki.load_pem_chain(await asyncio.to_thread(client_ca_path.read_bytes))
     assert client_ca == [root, *chain[1:]]

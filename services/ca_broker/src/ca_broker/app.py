@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -16,12 +17,15 @@ from ca_broker.backends import SigningBackend
 from ca_broker.backends.local import LocalBackend
 from ca_broker.crl import CrlPublisher
 from ca_broker.keystore import load_or_create_ca
+from ca_broker.nginx_signal import reload_nginx
 from ca_broker.pki_files import PkiFiles
 from ca_broker.routes import router
 from ca_broker.service import CaService
 from ca_broker.settings import Settings
 from fedcore import pki
 from fedcore.appkit import create_service_app
+
+log = logging.getLogger("ca_broker.app")
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,9 @@ async def build_broker(
         # step-ca's certificates against the wrong issuer and refuse them all.
         (directory / "crl.pem").unlink(missing_ok=True)
         client_ca_pem = backend.bundle_pem() + backend.intermediates_pem()
-        bundle_pem = pki.cert_pem(hierarchy.root_cert) + backend.bundle_pem()
+        # Peers use ca.pem to authenticate *this gateway's* TLS server, which the local CA
+        # certifies; adding step-ca's root would let any step-ca server certificate pass as us.
+        bundle_pem = pki.cert_pem(hierarchy.root_cert) + pki.cert_pem(hierarchy.intermediate_cert)
     else:
         backend = LocalBackend(hierarchy)
         client_ca_pem = backend.bundle_pem() + backend.intermediates_pem()
@@ -77,6 +83,22 @@ async def build_broker(
     return BrokerState(service=service, files=files, hierarchy=hierarchy)
 
 
+async def maintain(state: BrokerState, settings: Settings) -> None:
+    """Keep the public files fresh while the broker runs: the CRL before it lapses, and nginx's
+    server certificate before it expires (a broker up for months must not let either lapse)."""
+    pid_file = Path(settings.nginx_pid_file) if settings.nginx_pid_file else None
+    while True:
+        await asyncio.sleep(settings.crl_check_interval_seconds)
+        try:
+            if state.service.crl is not None:
+                await state.service.crl.refresh_if_needed()
+            if state.files.ensure_server_certificate(state.hierarchy, settings.server_cert_hosts):
+                log.info("server certificate renewed")
+                reload_nginx(pid_file)
+        except Exception as exc:  # keep going; the next tick retries
+            log.error("maintenance failed", extra={"exception_type": type(exc).__name__})
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()  # read from the environment
 
@@ -84,17 +106,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state = await build_broker(settings, app.state.sessionmaker)
         app.state.ca_service = state.service
         app.state.pki_files = state.files
-        refresher: asyncio.Task[None] | None = None
-        if state.service.crl is not None:
-            refresher = asyncio.create_task(
-                state.service.crl.run_forever(settings.crl_check_interval_seconds)
-            )
+        refresher = asyncio.create_task(maintain(state, settings))
 
         async def cleanup() -> None:
-            if refresher is not None:
-                refresher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await refresher
+            refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
             await state.service.backend.aclose()
 
         return cleanup

@@ -10,9 +10,10 @@ the root's CRL (the intermediate) together.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-import signal
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from ca_broker.nginx_signal import reload_nginx
 from fedcore import pki
 from fedcore.models import FederationCertificate
 
@@ -59,11 +61,21 @@ async def revoked_serials(session: AsyncSession) -> list[tuple[str, datetime]]:
 
 
 def write_atomically(path: Path, content: str, mode: int = 0o644) -> None:
+    """Replace ``path`` in one step: a uniquely named temporary file created 0600 with O_EXCL
+    (never world-readable, never a followed symlink), fsynced, then chmod and rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(content)
-    tmp.chmod(mode)
-    os.replace(tmp, path)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp_name, mode)
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
 
 
 class CrlPublisher:
@@ -84,11 +96,12 @@ class CrlPublisher:
         self._lock = asyncio.Lock()
 
     async def publish(self) -> PublishedCrl:
-        async with self._lock:
-            async with self.sessionmaker() as session:
-                revoked = await revoked_serials(session)
-                number = await _next_crl_number(session)
-                await session.commit()
+        async with self._lock, self.sessionmaker() as session:
+            # Number first: the upsert locks the state row, so replicas publish one at a time
+            # and each reads the revoked set after the previous one committed (a CRL with a
+            # higher number never misses a revocation an older one had).
+            number = await _next_crl_number(session)
+            revoked = await revoked_serials(session)
             now = pki.utcnow()
             leaf_crl = pki.build_crl(
                 self.hierarchy.intermediate_key,
@@ -106,13 +119,14 @@ class CrlPublisher:
                 + root_crl.public_bytes(serialization.Encoding.PEM)
             ).decode()
             write_atomically(self.crl_path, pem)
+            await session.commit()
             self.current = PublishedCrl(
                 pem=pem,
                 crl_number=number,
                 next_update=now + self.validity,
                 revoked_serials=frozenset(serial for serial, _ in revoked),
             )
-            self._reload_nginx()
+            reload_nginx(self.nginx_pid_file)
             log.info("crl published", extra={"crl_number": number, "revoked": len(revoked)})
             return self.current
 
@@ -125,20 +139,3 @@ class CrlPublisher:
             serials = frozenset(serial for serial, _ in await revoked_serials(session))
         if serials != current.revoked_serials:  # another replica revoked something
             await self.publish()
-
-    async def run_forever(self, interval_seconds: float) -> None:
-        while True:
-            await asyncio.sleep(interval_seconds)
-            try:
-                await self.refresh_if_needed()
-            except Exception as exc:  # keep refreshing; the next tick retries
-                log.error("crl refresh failed", extra={"exception_type": type(exc).__name__})
-
-    def _reload_nginx(self) -> None:
-        if self.nginx_pid_file is None:
-            return
-        try:
-            pid = int(self.nginx_pid_file.read_text().strip())
-            os.kill(pid, signal.SIGHUP)
-        except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError) as exc:
-            log.warning("nginx reload skipped", extra={"exception_type": type(exc).__name__})

@@ -16,6 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
 from ca_broker.crl import write_atomically
 from fedcore import pki
@@ -72,7 +73,12 @@ class PkiFiles:
         try:
             cert = pki.load_pem_chain(self.server_cert_path.read_bytes())[0]
             sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        except (ValueError, x509.ExtensionNotFound):
+            key = pki.load_private_key(self.server_key_path.read_bytes())
+            # Signed by the *current* intermediate key, and the key on disk belongs to it.
+            cert.verify_directly_issued_by(hierarchy.intermediate_cert)
+        except (ValueError, TypeError, x509.ExtensionNotFound, InvalidSignature):
+            return False
+        if key.public_key() != cert.public_key():
             return False
         names = {str(v) for v in sans.get_values_for_type(x509.IPAddress)} | set(
             sans.get_values_for_type(x509.DNSName)

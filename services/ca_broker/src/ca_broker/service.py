@@ -136,7 +136,13 @@ class CaService:
             await session.commit()
             await session.refresh(record)
         crl_number = None
-        if self.crl is not None and not already:
+        # Publish after a new revocation, and also when a retry finds the serial revoked but not
+        # yet on the CRL (a publish that failed after the revocation committed).
+        if self.crl is not None and (
+            not already
+            or self.crl.current is None
+            or record.serial not in self.crl.current.revoked_serials
+        ):
             crl_number = (await self.crl.publish()).crl_number
         assert record.revoked_at is not None
         log.info("certificate revoked", extra={"serial": record.serial, "reason": body.reason})

@@ -43,6 +43,10 @@ class Settings(ServiceSettings):
     def _check_backend(self) -> Settings:
         if self.default_ttl_seconds > self.max_ttl_seconds:
             raise ValueError("default_ttl_seconds must not exceed max_ttl_seconds")
+        if self.crl_check_interval_seconds > self.crl_validity_seconds / 4:
+            # The CRL is rewritten at half its validity; checking less often than a quarter of
+            # it could let it lapse, and an expired CRL makes nginx refuse every handshake.
+            raise ValueError("crl_check_interval_seconds must be at most crl_validity_seconds / 4")
         if self.backend == "stepca":
             if not (
                 self.stepca_url and self.stepca_root_cert_path and self.stepca_provisioner_name
