@@ -100,7 +100,12 @@ def free_port(host: str = STEPCA_HOST) -> int:
         return port
 
 
-def init_ca(binaries: StepCaBinaries, directory: Path, host: str = STEPCA_HOST) -> StepCa:
+def init_ca(
+    binaries: StepCaBinaries,
+    directory: Path,
+    host: str = STEPCA_HOST,
+    disable_renewal: bool = True,
+) -> StepCa:
     """A fresh CA in ``directory``: main + missing-oid provisioners, ``--disable-renewal``."""
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port(host)
@@ -127,7 +132,7 @@ def init_ca(binaries: StepCaBinaries, directory: Path, host: str = STEPCA_HOST) 
             "--extra-provisioner",
             f"{MISSING_OID_PROVISIONER}={TEMPLATES / 'federation-leaf-missing-oid.tpl'}",
             # Renewal would copy the OIDs into a new certificate the broker never recorded.
-            "--disable-renewal",
+            *(["--disable-renewal"] if disable_renewal else []),
             "--db",
             "badgerv2",
         ],

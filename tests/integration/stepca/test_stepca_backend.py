@@ -603,3 +603,22 @@ async def test_create_refuses_a_key_step_ca_does_not_know_for_the_provisioner(
     )
     with pytest.raises(StepCaConfigError, match="kid does not match"):
         await StepCaBackend.create(settings)
+
+
+async def test_create_refuses_a_provisioner_that_allows_renewal(
+    stepca_binaries: stepca.StepCaBinaries, tmp_path: Path
+) -> None:
+    """A renewal would copy the OIDs into a certificate no broker recorded: refuse to run
+    against such a provisioner unless the operator accepts it explicitly."""
+    ca = stepca.init_ca(stepca_binaries, tmp_path, disable_renewal=False)
+    stepca.start(ca, stepca_binaries)
+    try:
+        settings = broker_settings(NO_DB, ca)
+        with pytest.raises(StepCaConfigError, match="allows renewal"):
+            await StepCaBackend.create(settings)
+        accepted = await StepCaBackend.create(
+            settings.model_copy(update={"stepca_allow_renewal": True})
+        )
+        await accepted.aclose()
+    finally:
+        stepca.stop(ca)

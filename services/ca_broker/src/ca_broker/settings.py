@@ -38,6 +38,10 @@ class Settings(ServiceSettings):
     stepca_provisioner_key_json: SecretStr | None = None
     stepca_provisioner_encrypted_key: SecretStr | None = None
     stepca_provisioner_password: SecretStr | None = None
+    stepca_allow_renewal: bool = Field(
+        default=False,
+        description="accept a provisioner without disableRenewal (renewals bypass the broker)",
+    )
 
     @model_validator(mode="after")
     def _check_backend(self) -> Settings:

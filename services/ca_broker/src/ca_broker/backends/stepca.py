@@ -415,7 +415,9 @@ class StepCaBackend:
         root: x509.Certificate,
         client: httpx.AsyncClient,
         token_ttl_seconds: int = OTT_TTL_SECONDS,
+        allow_renewal: bool = False,
     ) -> None:
+        self.allow_renewal = allow_renewal
         if not 1 <= token_ttl_seconds <= MAX_OTT_TTL_SECONDS:
             raise StepCaConfigError(f"token lifetime must be 1..{MAX_OTT_TTL_SECONDS} seconds")
         self.ca_url = ca_url
@@ -453,6 +455,7 @@ class StepCaBackend:
             key=key,
             root=root,
             client=client,
+            allow_renewal=settings.stepca_allow_renewal,
         )
         try:
             await backend.bootstrap()
@@ -535,9 +538,15 @@ class StepCaBackend:
             raise StepCaConfigError("the provisioner key does not match step-ca's public key")
         claims = item.get("claims")
         if not (isinstance(claims, dict) and claims.get("disableRenewal") is True):
-            # A renewal copies the extensions without a token and bypasses the broker's records.
+            # A renewal copies the extensions without a token and bypasses the broker's records
+            # (the verbs would refuse the unrecorded serial, but nothing should mint it).
+            if not self.allow_renewal:
+                raise StepCaConfigError(
+                    "the step-ca provisioner allows renewal; set claims.disableRenewal "
+                    "(or FED_CA_BROKER_STEPCA_ALLOW_RENEWAL=true to accept it)"
+                )
             log.warning(
-                "step-ca provisioner allows renewal; set disableRenewal (docs/ca-backends.md)",
+                "step-ca provisioner allows renewal (accepted by configuration)",
                 extra={"provisioner": self.provisioner_name},
             )
 
