@@ -22,12 +22,37 @@ _STANDARD_ATTRS = frozenset(
 _PEM_PRIVATE_KEY = re.compile(
     r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|$)", re.S
 )
-_LONG_HEX = re.compile(r"\b[0-9a-fA-F]{64}\b")
+# 64 hex characters (enrollment/admin tokens, hashes), even glued to a word ("token_<hex>").
+_LONG_HEX = re.compile(r"(?<![0-9a-fA-F])[0-9a-fA-F]{64}(?![0-9a-fA-F])")
+# Compact JWS/JWT (one-time tokens for step-ca): three base64url parts starting with "eyJ".
+_JWS = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
+# user:password@ in URLs (database URLs).
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://[^:/@\s]+):[^@\s]+@")
+# Bearer credentials in header-like text, and a JWK's private "d".
+_BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"',]+")
+_JWK_D = re.compile(r'("d"\s*:\s*")[^"]+(")')
 
 
 def scrub(text: str) -> str:
     text = _PEM_PRIVATE_KEY.sub("[redacted private key]", text)
+    text = _JWS.sub("[redacted token]", text)
+    text = _URL_PASSWORD.sub(r"\g<scheme>:[redacted]@", text)
+    text = _BEARER.sub(r"\1[redacted]", text)
+    text = _JWK_D.sub(r"\1[redacted]\2", text)
     return _LONG_HEX.sub(lambda m: m.group(0)[:8] + "…[redacted]", text)
+
+
+def scrub_value(value: Any) -> Any:
+    """Scrub strings wherever they sit in an extra: nested dicts, lists, bytes."""
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, bytes | bytearray):
+        return scrub(bytes(value).decode("utf-8", "replace"))
+    if isinstance(value, dict):
+        return {key: scrub_value(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [scrub_value(item) for item in value]
+    return value
 
 
 class JsonFormatter(logging.Formatter):
@@ -46,7 +71,7 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in record.__dict__.items():
             if key not in _STANDARD_ATTRS and not key.startswith("_"):
-                payload[key] = scrub(value) if isinstance(value, str) else value
+                payload[key] = scrub_value(value)
         if record.exc_info and record.exc_info[0] is not None:
             # The exception type only: messages of DB/crypto errors can carry values.
             payload["exception_type"] = record.exc_info[0].__name__
