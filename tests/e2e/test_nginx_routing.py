@@ -125,6 +125,8 @@ def test_access_log_redacts_the_enrollment_token(gateway_a: Gateway) -> None:
     token = "f" * 8 + "0123456789abcdef" * 3 + "deadbeefcafebabe"
     with _public(gateway_a) as client:
         client.post(f"/api/federation/v1/enrollment/{token}", json={"csr_pem": "x"})
+        # percent-encoded path: still the enrollment location, still redacted
+        client.post(f"/api/federation/v1/%65nrollment/{token}", json={"csr_pem": "x"})
     logs = gateway_a.spec.log_dir / "nginx"
     text = "".join(p.read_text(errors="replace") for p in logs.glob("*.log"))
     assert "/api/federation/v1/enrollment/ffffffff[redacted]" in text
