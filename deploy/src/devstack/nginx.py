@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from devstack.processes import ProcessRecord
+from fedcore.files import write_atomically
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[3] / "nginx"
 _PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
@@ -65,9 +66,7 @@ def write_config(conf_dir: Path, run_dir: Path, log_dir: Path, values: dict[str,
     }
     for template_name, output_name in TEMPLATES.items():
         text = (TEMPLATE_DIR / template_name).read_text()
-        target = conf_dir / output_name
-        target.write_text(render(text, full))
-        target.chmod(0o600)  # holds the proxy secret
+        write_atomically(conf_dir / output_name, render(text, full), mode=0o600)  # proxy secret
     if user:
         entry = pwd.getpwnam(user)
         for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):

@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedcore.files import write_atomically
+
 PG_SYSTEM_USER = "postgres"
 
 
@@ -67,8 +69,7 @@ class PostgresCluster:
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
             _chown_to_owner(folder)
         pwfile = self.root / ".pwfile"
-        pwfile.write_text(password + "\n")
-        pwfile.chmod(0o600)
+        write_atomically(pwfile, password + "\n", mode=0o600)
         _chown_to_owner(pwfile)
         try:
             subprocess.run(

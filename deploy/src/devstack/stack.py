@@ -22,6 +22,7 @@ import httpx
 from devstack import nginx
 from devstack.postgres import PostgresCluster
 from devstack.processes import ProcessRecord, spawn, stop
+from fedcore.files import write_atomically
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_STATE_ROOT = REPO_ROOT / ".devstack"
@@ -122,8 +123,7 @@ def _load_or_make_secrets(spec: GatewaySpec) -> dict[str, str]:
         "admin_token": secrets.token_hex(32),
     }
     spec.state_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(values, indent=2))
-    path.chmod(0o600)
+    write_atomically(path, json.dumps(values, indent=2), mode=0o600)
     return values
 
 
@@ -231,8 +231,8 @@ def _write_state(
         "processes": {name: record.to_json() for name, record in records.items()},
         "pids": {name: record.pid for name, record in records.items()},
     }
-    spec.state_file.write_text(json.dumps(state, indent=2))
-    spec.state_file.chmod(0o600)  # holds the admin token and the database password
+    # 0600: it holds the admin token and the database password.
+    write_atomically(spec.state_file, json.dumps(state, indent=2), mode=0o600)
 
 
 def up(spec: GatewaySpec) -> dict[str, Any]:
@@ -345,7 +345,7 @@ def down(spec: GatewaySpec) -> list[str]:
     if state:
         state["processes"] = {}
         state["pids"] = {}
-        spec.state_file.write_text(json.dumps(state, indent=2))
+        write_atomically(spec.state_file, json.dumps(state, indent=2), mode=0o600)
     still_open = [
         port
         for port in (

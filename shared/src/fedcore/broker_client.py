@@ -19,7 +19,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from fedcore.errors import BadRequest, DomainError, NotFound, UpstreamUnavailable
+from fedcore.errors import BadRequest, Conflict, DomainError, NotFound, UpstreamUnavailable
 
 
 class CaUnavailable(UpstreamUnavailable):
@@ -68,22 +68,24 @@ class CaBrokerClient:
 
     @staticmethod
     def _raise_for_error(response: httpx.Response) -> None:
+        """Map the broker's answer to a domain error with a *fixed* public message: callers of
+        enrollment are unauthenticated, so the CA's own wording stays internal."""
         if response.is_success:
             return
         try:
-            error = response.json()["error"]
-            code, message = str(error["code"]), str(error["message"])
+            code = str(response.json()["error"]["code"])
         except (ValueError, KeyError, TypeError):
-            code, message = "ca_refused", "the CA refused the request"
+            code = "ca_refused"
         if code == "invalid_csr":
-            raise BadRequest(message, code="invalid_csr")
+            raise BadRequest("the certificate signing request was refused", code="invalid_csr")
         if response.status_code == 404:
-            raise NotFound(message, code=code)
-        if response.status_code >= 500:
-            # Keep the broker's code (issuance_check_failed, ca_unavailable) for the audit row.
-            error_cls = CaUnavailable if response.status_code == 503 else CaRefused
-            raise error_cls(message, code=code)
-        raise CaRefused(message, code=code)
+            raise NotFound("the grant cannot receive a certificate", code=code)
+        if response.status_code == 409:
+            raise Conflict("the grant cannot receive a certificate", code=code)
+        if response.status_code == 503:
+            raise CaUnavailable("the certificate authority is unavailable", code=code)
+        # Keep the broker's code (issuance_check_failed, ...) for the audit row.
+        raise CaRefused("the certificate authority refused the request", code=code)
 
     async def sign(
         self,

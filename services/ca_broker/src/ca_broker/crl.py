@@ -10,10 +10,7 @@ the root's CRL (the intermediate) together.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -24,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ca_broker.nginx_signal import reload_nginx
 from fedcore import pki
+from fedcore.files import write_atomically
 from fedcore.models import FederationCertificate
 
 log = logging.getLogger("ca_broker.crl")
@@ -58,24 +56,6 @@ async def revoked_serials(session: AsyncSession) -> list[tuple[str, datetime]]:
         .order_by(FederationCertificate.serial)
     )
     return [(serial, revoked_at) for serial, revoked_at in rows.all() if revoked_at is not None]
-
-
-def write_atomically(path: Path, content: str, mode: int = 0o644) -> None:
-    """Replace ``path`` in one step: a uniquely named temporary file created 0600 with O_EXCL
-    (never world-readable, never a followed symlink), fsynced, then chmod and rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, mode)
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
 
 
 class CrlPublisher:

@@ -18,8 +18,8 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-from ca_broker.crl import write_atomically
 from fedcore import pki
+from fedcore.files import write_atomically
 
 SERVER_CERT_RENEW_BEFORE = timedelta(days=30)
 
