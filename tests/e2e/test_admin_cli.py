@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 
 from fedcore import pki
 from fedcore.cli.client import resolve_target
+from fedcore.cli.federation import expires_arg, since_arg
 from fedcore.cli.main import build_parser, main
 from fedcore.csr import make_csr
 from fedcore.tokens import hash_token
@@ -395,6 +397,21 @@ def test_state_file_supplies_what_flags_and_env_do_not(tmp_path: Path) -> None:
     flagged = resolve_target(admin_url="http://x:1", token="flag", gateway=None, env=env)
     assert (flagged.url, flagged.token) == ("http://x:1", "flag")
     assert "from-state" not in repr(target)
+
+
+def test_time_arguments() -> None:
+    now = datetime.now(UTC)
+    assert abs(datetime.fromisoformat(since_arg("2h")) - (now - timedelta(hours=2))) < timedelta(
+        seconds=5
+    )
+    assert abs(datetime.fromisoformat(expires_arg("7d")) - (now + timedelta(days=7))) < timedelta(
+        seconds=5
+    )
+    assert since_arg("2030-01-02T03:04:05") == "2030-01-02T03:04:05+00:00"
+    assert expires_arg("2030-01-02T03:04:05+02:00") == "2030-01-02T03:04:05+02:00"
+    for bad in ("yesterday", "2h30m", "-1h"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            since_arg(bad)
 
 
 def _commands(parser: argparse.ArgumentParser, prefix: list[str]) -> list[list[str]]:

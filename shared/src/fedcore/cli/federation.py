@@ -99,6 +99,15 @@ def since_arg(value: str) -> str:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
 
 
+def expires_arg(value: str) -> str:
+    """``--expires-at``: ISO 8601 (UTC if no offset) or a lifetime from now (``12h``, ``30d``)."""
+    relative = _RELATIVE_RE.fullmatch(value)
+    if relative:
+        delta = timedelta(**{_UNITS[relative.group(2)]: int(relative.group(1))})
+        return (datetime.now(UTC) + delta).isoformat()
+    return since_arg(value)
+
+
 def _table(columns: list[tuple[str, str]]) -> Any:
     def show(page: dict[str, Any]) -> None:
         output.print_table(page["items"], columns)
@@ -282,7 +291,12 @@ def _register_grants(federation: argparse._SubParsersAction[argparse.ArgumentPar
     create.add_argument(
         "--scope", required=True, metavar="FILE", help="scope JSON file (- = stdin)"
     )
-    create.add_argument("--expires-at", metavar="ISO8601", type=since_arg, help="optional expiry")
+    create.add_argument(
+        "--expires-at",
+        metavar="TIME",
+        type=expires_arg,
+        help="optional expiry: ISO 8601, or a lifetime from now like 12h or 30d",
+    )
 
     listing = api_command(grants, "list", "list grants", _grant_list, _table(GRANT_COLUMNS))
     listing.add_argument("--peer", type=uuid_arg, help="only this peer's grants")
