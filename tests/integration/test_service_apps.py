@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ import grants.app
 import grants.settings
 import verbs.app
 import verbs.settings
+from fedcore import pki
 from tests.support.apps import running
 from tests.support.secrets import random_secret
 
@@ -44,7 +46,12 @@ def _grants(db_url: str) -> FastAPI:
 
 
 def _verbs(db_url: str) -> FastAPI:
-    return verbs.app.create_app(verbs.settings.Settings(**_settings_kwargs(db_url)))
+    bundle = Path(tempfile.mkdtemp(prefix="mosaic-test-verbs-")) / "client-ca.pem"
+    hierarchy = pki.generate_ca_hierarchy("verbs-test")
+    bundle.write_text(pki.cert_pem(hierarchy.root_cert) + pki.cert_pem(hierarchy.intermediate_cert))
+    return verbs.app.create_app(
+        verbs.settings.Settings(ca_bundle_path=str(bundle), **_settings_kwargs(db_url))
+    )
 
 
 def _ca_broker(db_url: str) -> FastAPI:

@@ -66,22 +66,24 @@ async def create_grant_fixture(
     database_url: str,
     status: GrantStatus = GrantStatus.PENDING,
     scope: dict[str, Any] | None = None,
+    user_id: uuid.UUID | None = None,
 ) -> GrantFixture:
-    """A user, a peer and a grant between them, committed."""
+    """A peer and a grant to it (for ``user_id``, or a new user), committed."""
     engine = create_async_engine(database_url)
     try:
         async with async_sessionmaker(engine)() as session:
-            user = await create_user(session)
+            if user_id is None:
+                user_id = (await create_user(session)).id
             peer = await create_peer(session)
             grant = FederationGrant(
-                subject_user_id=user.id,
+                subject_user_id=user_id,
                 peer_id=peer.id,
                 scope=scope or DEFAULT_SCOPE,
                 status=status,
             )
             session.add(grant)
             await session.flush()
-            fixture = GrantFixture(user.id, peer.id, peer.name, grant.id)
+            fixture = GrantFixture(user_id, peer.id, peer.name, grant.id)
             await session.commit()
             return fixture
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from fedcore.scope import ABSOLUTE_MAX_ROWS, DEFAULT_HARD_DENY, ScopePolicy
 from fedcore.settings import ServiceSettings
 
 
@@ -14,4 +15,24 @@ class Settings(ServiceSettings):
     )
 
     bind_port: int = Field(default=9104, ge=1, le=65535)
-    ca_bundle_path: str = Field(default="", description="PEM bundle client certs must chain to")
+    ca_bundle_path: str = Field(
+        min_length=1, description="PEM bundle (roots + intermediates) client certs must chain to"
+    )
+    public_name: str | None = Field(
+        default=None, description="name rows are tagged with in _source (default: gateway_name)"
+    )
+    max_rows_cap: int = Field(default=ABSOLUTE_MAX_ROWS, ge=1, le=ABSOLUTE_MAX_ROWS)
+    hard_deny_resources: list[str] = Field(default_factory=lambda: sorted(DEFAULT_HARD_DENY))
+    allow_hard_denied: bool = False
+    cert_cache_size: int = Field(default=4096, ge=1)
+
+    @property
+    def source_name(self) -> str:
+        return self.public_name or self.gateway_name
+
+    def scope_policy(self) -> ScopePolicy:
+        return ScopePolicy(
+            max_rows_cap=self.max_rows_cap,
+            hard_deny=frozenset(self.hard_deny_resources),
+            allow_hard_denied=self.allow_hard_denied,
+        )

@@ -1,0 +1,34 @@
+"""Request bodies of the verbs. Filters are a small typed allowlist: never raw SQL, never a
+column name chosen by the peer."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedcore.scope import ABSOLUTE_MAX_ROWS
+
+
+class VerbFilter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    status: Literal["todo", "in_progress", "done"] | None = None
+    updated_since: datetime | None = None
+
+
+class ListRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int | None = Field(default=None, ge=1, le=ABSOLUTE_MAX_ROWS)
+    cursor: str | None = Field(default=None, max_length=200)
+    filter: VerbFilter | None = None
+
+
+class SearchRequest(ListRequest):
+    query: str = Field(min_length=1, max_length=200)
+
+
+class GetRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")

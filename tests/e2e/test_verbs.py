@@ -1,0 +1,204 @@
+"""The verbs through nginx with real peer certificates: capabilities, list, get, search and the
+scope rules (native permissions ∩ scope, row cap, pagination, _source)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from fedcore.dev_seed import SeededWorld
+from tests.support.federation import PeerIdentity, enrolled_peer, seed_world
+from tests.support.stack import Gateway
+
+VISIBLE = ("personal", "research-own", "research-other")
+NEVER = ("ops", "finance", "bob-personal", "carol-personal")
+
+
+def scope_for(world: SeededWorld, **overrides: Any) -> dict[str, Any]:
+    scope: dict[str, Any] = {
+        "resources": ["tasks", "notes", "teams", "users"],
+        "excluded_resources": [],
+        "include_teams": [str(world.teams["research"])],
+        "include_personal": True,
+        "max_rows_per_query": 3,
+    }
+    scope.update(overrides)
+    return scope
+
+
+@pytest.fixture(scope="module")
+async def world(gateway_a: Gateway) -> SeededWorld:
+    return await seed_world(gateway_a.database_url)
+
+
+@pytest.fixture(scope="module")
+async def alice_peer(gateway_a: Gateway, world: SeededWorld) -> PeerIdentity:
+    return await enrolled_peer(gateway_a, scope_for(world), user_id=world.users["alice"])
+
+
+async def _walk(peer: PeerIdentity, gw: Gateway, path: str, body: dict[str, Any]) -> list[Any]:
+    """Follow next_cursor to the end; return every item."""
+    items: list[Any] = []
+    async with peer.client(gw) as client:
+        cursor = None
+        for _ in range(50):
+            response = await client.post(path, json={**body, "cursor": cursor})
+            assert response.status_code == 200, response.text
+            page = response.json()
+            assert len(page["items"]) <= 3
+            items.extend(page["items"])
+            cursor = page["next_cursor"]
+            assert page["truncated"] is (cursor is not None)
+            if cursor is None:
+                return items
+    raise AssertionError("pagination did not end")
+
+
+async def test_capabilities_describe_the_grant(
+    gateway_a: Gateway, alice_peer: PeerIdentity, world: SeededWorld
+) -> None:
+    async with alice_peer.client(gateway_a) as client:
+        response = await client.get("/capabilities")
+    assert response.status_code == 200
+    assert response.json() == {
+        "resources": ["tasks", "notes", "teams", "users"],
+        "excluded_resources": [],
+        "max_rows_per_query": 3,
+        "supported_verbs": ["capabilities", "list", "get", "search"],
+        "grant_id": str(alice_peer.grant.grant_id),
+        "subject_user_id": str(world.users["alice"]),
+        "expires_at": None,
+    }
+
+
+@pytest.mark.parametrize("resource", ["tasks", "notes"])
+async def test_list_walks_exactly_the_allowed_rows_once(
+    gateway_a: Gateway, alice_peer: PeerIdentity, world: SeededWorld, resource: str
+) -> None:
+    items = await _walk(alice_peer, gateway_a, f"/list/{resource}", {})
+    ids = [uuid.UUID(item["id"]) for item in items]
+    assert len(ids) == len(set(ids))  # no row twice
+    assert set(ids) == world.ids(resource, *VISIBLE)
+    assert not set(ids) & world.ids(resource, *NEVER)
+    assert {item["_source"] for item in items} == {gateway_a.name}
+    assert all("search_vector" not in item for item in items)
+
+
+async def test_search_returns_only_matching_allowed_rows(
+    gateway_a: Gateway, alice_peer: PeerIdentity, world: SeededWorld
+) -> None:
+    # "personal" also matches bob's and carol's personal rows in the database.
+    items = await _walk(alice_peer, gateway_a, "/search/tasks", {"query": "personal"})
+    assert {uuid.UUID(i["id"]) for i in items} == world.ids("tasks", "personal")
+    finance = await _walk(alice_peer, gateway_a, "/search/tasks", {"query": "finance"})
+    assert finance == []
+
+
+async def test_get_answers_404_for_absent_and_out_of_scope_alike(
+    gateway_a: Gateway, alice_peer: PeerIdentity, world: SeededWorld
+) -> None:
+    visible = next(iter(world.ids("tasks", "research-other")))
+    async with alice_peer.client(gateway_a) as client:
+        ok = await client.post(f"/get/tasks/{visible}")
+        assert ok.status_code == 200
+        assert ok.json()["item"]["id"] == str(visible)
+        assert ok.json()["item"]["_source"] == gateway_a.name
+        hidden = [next(iter(world.ids("tasks", cls))) for cls in NEVER]
+        for row_id in [*hidden, uuid.uuid4(), "not-a-uuid"]:
+            response = await client.post(f"/get/tasks/{row_id}")
+            assert response.status_code == 404, row_id
+            assert response.json()["error"] == {
+                "code": "not_found",
+                "message": "no such row",
+                "request_id": response.json()["error"]["request_id"],
+            }
+
+
+async def test_directory_resources_follow_the_same_rules(
+    gateway_a: Gateway, alice_peer: PeerIdentity, world: SeededWorld
+) -> None:
+    teams = await _walk(alice_peer, gateway_a, "/list/teams", {})
+    assert {uuid.UUID(t["id"]) for t in teams} == {world.teams["research"]}
+    users = await _walk(alice_peer, gateway_a, "/list/users", {})
+    assert {uuid.UUID(u["id"]) for u in users} == {world.users["alice"], world.users["bob"]}
+
+
+async def test_personal_rows_stay_home_when_include_personal_is_false(
+    gateway_a: Gateway, world: SeededWorld
+) -> None:
+    peer = await enrolled_peer(
+        gateway_a, scope_for(world, include_personal=False), user_id=world.users["alice"]
+    )
+    items = await _walk(peer, gateway_a, "/list/tasks", {})
+    assert {uuid.UUID(i["id"]) for i in items} == world.ids(
+        "tasks", "research-own", "research-other"
+    )
+    personal = next(iter(world.ids("tasks", "personal")))
+    async with peer.client(gateway_a) as client:
+        assert (await client.post(f"/get/tasks/{personal}")).status_code == 404
+    searched = await _walk(peer, gateway_a, "/search/tasks", {"query": "personal"})
+    assert searched == []
+
+
+async def test_a_team_the_user_left_disappears_at_once(
+    gateway_a: Gateway, world: SeededWorld
+) -> None:
+    """Native permissions are read per request: scope names ops, alice is in ops → visible;
+    remove her from ops → gone on the next call."""
+    from tests.support.db import fetch_all
+
+    peer = await enrolled_peer(
+        gateway_a,
+        scope_for(world, include_teams=[str(world.teams["ops"])], include_personal=False),
+        user_id=world.users["alice"],
+    )
+    before = await _walk(peer, gateway_a, "/list/notes", {})
+    assert {uuid.UUID(i["id"]) for i in before} == world.ids("notes", "ops")
+    fetch_all(
+        gateway_a.database_url,
+        "DELETE FROM team_members WHERE team_id = %s AND user_id = %s RETURNING team_id",
+        (world.teams["ops"], world.users["alice"]),
+    )
+    try:
+        assert await _walk(peer, gateway_a, "/list/notes", {}) == []
+    finally:
+        fetch_all(
+            gateway_a.database_url,
+            "INSERT INTO team_members (team_id, user_id) VALUES (%s, %s) RETURNING team_id",
+            (world.teams["ops"], world.users["alice"]),
+        )
+
+
+async def test_filters_are_a_typed_allowlist(
+    gateway_a: Gateway, alice_peer: PeerIdentity, world: SeededWorld
+) -> None:
+    done = await _walk(alice_peer, gateway_a, "/list/tasks", {"filter": {"status": "done"}})
+    assert done
+    assert {item["status"] for item in done} == {"done"}
+    async with alice_peer.client(gateway_a) as client:
+        unknown_key = await client.post("/list/tasks", json={"filter": {"owner_user_id": "x"}})
+        assert unknown_key.status_code == 422
+        assert unknown_key.json()["error"]["code"] == "validation_error"
+        bad_status = await client.post("/list/tasks", json={"filter": {"status": "x; DROP"}})
+        assert bad_status.status_code == 422
+        wrong_resource = await client.post("/list/notes", json={"filter": {"status": "done"}})
+        assert wrong_resource.status_code == 400
+        assert wrong_resource.json()["error"]["code"] == "invalid_filter"
+        cursor = await client.post("/list/tasks", json={"cursor": "!!!"})
+        assert cursor.status_code == 400
+        assert cursor.json()["error"]["code"] == "invalid_cursor"
+
+
+async def test_row_cap_applies_to_list_and_search_whatever_the_peer_asks(
+    gateway_a: Gateway, alice_peer: PeerIdentity
+) -> None:
+    async with alice_peer.client(gateway_a) as client:
+        listed = await client.post("/list/tasks", json={"limit": 1000})
+        searched = await client.post("/search/tasks", json={"query": "task", "limit": 1000})
+        smaller = await client.post("/list/tasks", json={"limit": 2})
+    assert len(listed.json()["items"]) == 3
+    assert listed.json()["truncated"] is True
+    assert len(searched.json()["items"]) == 3
+    assert len(smaller.json()["items"]) == 2
