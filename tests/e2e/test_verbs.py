@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import httpx
 import pytest
 
 from fedcore.dev_seed import SeededWorld
@@ -202,3 +203,54 @@ async def test_row_cap_applies_to_list_and_search_whatever_the_peer_asks(
     assert listed.json()["truncated"] is True
     assert len(searched.json()["items"]) == 3
     assert len(smaller.json()["items"]) == 2
+
+
+async def test_revocation_refuses_the_very_next_call(
+    gateway_a: Gateway, world: SeededWorld, record_property: Any
+) -> None:
+    """B calls in a loop; A's admin revokes the grant through the admin API; the first call that
+    starts after the revoke answered is refused. The latency is measured and reported (the
+    benchmark reports it over many trials)."""
+    import asyncio
+    import time
+
+    peer = await enrolled_peer(gateway_a, scope_for(world), user_id=world.users["alice"])
+    stop = asyncio.Event()
+    calls: list[tuple[float, int, str | None]] = []
+
+    async def caller() -> None:
+        async with peer.client(gateway_a) as client:
+            while not stop.is_set():
+                started = time.monotonic()
+                response = await client.get("/capabilities")
+                code = response.json().get("error", {}).get("code")
+                calls.append((started, response.status_code, code))
+
+    task = asyncio.create_task(caller())
+    await asyncio.sleep(0.3)
+    revoke_sent = time.monotonic()
+    async with httpx.AsyncClient(base_url=gateway_a.admin_url, timeout=10) as admin:
+        revoked = await admin.patch(
+            f"/api/admin/federation/grants/{peer.grant.grant_id}/revoke",
+            json={"reason": "test"},
+            headers={"Authorization": f"Bearer {gateway_a.admin_token}"},
+        )
+    revoked_at = time.monotonic()
+    await asyncio.sleep(0.5)
+    stop.set()
+    await task
+    assert revoked.status_code == 200, revoked.text
+
+    before = [c for c in calls if c[0] < revoke_sent]
+    after = [c for c in calls if c[0] >= revoked_at]
+    assert before
+    assert after
+    assert {status for _, status, _ in before[:-1]} == {200}  # allowed until the revoke
+    # Refused from the first call after the revoke answered: the grant (403) or, once the
+    # certificate revocation has reached the CRL and nginx, the certificate itself (401).
+    refusals = {(403, "grant_revoked"), (401, "client_cert_revoked"), (401, "client_cert_invalid")}
+    assert {(status, code) for _, status, code in after} <= refusals
+    first_refusal = min(t for t, status, _ in calls if status in (401, 403))
+    latency = max(0.0, first_refusal - revoked_at)
+    record_property("revocation_latency_seconds", round(latency, 4))
+    print(f"revocation → first refusal: {latency * 1000:.1f} ms")
