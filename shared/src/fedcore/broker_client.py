@@ -42,11 +42,19 @@ class SignedCertificate:
 
 
 class CaBrokerClient:
-    def __init__(self, base_url: str, service_token: str, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        service_token: str,
+        timeout: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        """``transport`` lets tests drive a real ca-broker app in-process."""
         self._client = httpx.AsyncClient(
             base_url=base_url,
             headers={"Authorization": f"Bearer {service_token}"},
             timeout=httpx.Timeout(timeout, connect=2.0),
+            transport=transport,
         )
 
     async def aclose(self) -> None:
@@ -116,9 +124,11 @@ class CaBrokerClient:
             not_after=datetime.fromisoformat(data["not_after"]),
         )
 
-    async def revoke(self, serial: str, reason: str) -> None:
+    async def revoke(self, serial: str, reason: str) -> bool:
+        """Revoke ``serial``; True if it was already revoked."""
         response = await self._send("POST", "/revoke", json={"serial": serial, "reason": reason})
         self._raise_for_error(response)
+        return bool(response.json().get("already_revoked"))
 
     async def ca_bundle_pem(self) -> str:
         response = await self._send("GET", "/pki/ca.pem")

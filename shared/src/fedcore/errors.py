@@ -46,6 +46,10 @@ class DomainError(Exception):
     def headers(self) -> dict[str, str] | None:
         return None
 
+    def details(self) -> dict[str, Any]:
+        """Extra, safe fields for the envelope (e.g. validation paths); none by default."""
+        return {}
+
 
 class BadRequest(DomainError):
     status_code = 400
@@ -127,7 +131,9 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code >= 500:
             log.error("domain error", extra={"code": exc.code, "error_message": exc.message})
         return JsonResponse(
-            error_body(exc.code, exc.message), status_code=exc.status_code, headers=exc.headers()
+            error_body(exc.code, exc.message, **exc.details()),
+            status_code=exc.status_code,
+            headers=exc.headers(),
         )
 
     @app.exception_handler(RequestValidationError)

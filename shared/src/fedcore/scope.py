@@ -176,6 +176,9 @@ class InvalidScope(Unprocessable):
     def fields(self) -> list[dict[str, Any]]:
         return [problem.as_field() for problem in self.problems]
 
+    def details(self) -> dict[str, Any]:
+        return {"fields": self.fields()}
+
     @classmethod
     def from_validation_error(cls, exc: ValidationError) -> InvalidScope:
         problems = []

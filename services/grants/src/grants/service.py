@@ -29,7 +29,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, Literal
 
-import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import update
@@ -38,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from fedcore import pki
 from fedcore.admin_auth import AdminPrincipal
 from fedcore.audit import AuditEvent, write_audit, write_audit_now
+from fedcore.broker_client import CaBrokerClient
 from fedcore.csr import make_csr
 from fedcore.errors import (
     BadRequest,
@@ -123,40 +123,13 @@ def utcnow() -> datetime:
 # ------------------------------------------------------------------------------ context, audit
 
 
-class BrokerClient:
-    """The ca-broker's ``/revoke`` (service token). One ``httpx.AsyncClient`` per app."""
-
-    def __init__(self, client: httpx.AsyncClient) -> None:
-        self.client = client
-
-    async def revoke(
-        self, serial: str, reason: str
-    ) -> Literal["revoked", "already_revoked"] | None:
-        """``None`` when the broker could not be reached or refused (the caller records it)."""
-        try:
-            response = await self.client.post("/revoke", json={"serial": serial, "reason": reason})
-        except httpx.HTTPError as exc:
-            log.warning(
-                "ca-broker unreachable for a revocation",
-                extra={"serial": serial, "error": type(exc).__name__},
-            )
-            return None
-        if response.status_code != 200:
-            log.warning(
-                "ca-broker refused a revocation",
-                extra={"serial": serial, "status": response.status_code},
-            )
-            return None
-        return "already_revoked" if response.json().get("already_revoked") else "revoked"
-
-
 @dataclass(frozen=True)
 class AdminContext:
     session: AsyncSession
     sessionmaker: async_sessionmaker[AsyncSession]
     principal: AdminPrincipal
     settings: Settings
-    broker: BrokerClient
+    broker: CaBrokerClient
 
 
 class AuditNote:
@@ -243,7 +216,15 @@ async def revoke_certificates(
     once and the broker's CRL refresher picks it up on its next run."""
     results = []
     for serial in serials:
-        status = await ctx.broker.revoke(serial, reason)
+        status: Literal["revoked", "already_revoked"] | None
+        try:
+            status = "already_revoked" if await ctx.broker.revoke(serial, reason) else "revoked"
+        except DomainError as exc:
+            log.warning(
+                "ca-broker could not revoke; recording it directly",
+                extra={"serial": serial, "code": exc.code},
+            )
+            status = None
         if status is None:
             await ctx.session.execute(
                 update(FederationCertificate)
