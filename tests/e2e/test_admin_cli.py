@@ -11,13 +11,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import subprocess
-import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -29,43 +25,9 @@ from fedcore.cli.federation import expires_arg, since_arg
 from fedcore.cli.main import build_parser, main
 from fedcore.csr import make_csr
 from fedcore.tokens import hash_token
+from tests.support.cli import _env, mosaic, mosaic_json, refused
 from tests.support.db import fetch_all, fetch_one
 from tests.support.stack import Gateway
-
-MOSAIC = Path(sys.executable).parent / "mosaic"
-
-
-def _env(gateway: Gateway | None, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MOSAIC_")}
-    if gateway is not None:
-        env["MOSAIC_STATE_ROOT"] = str(gateway.spec.state_dir.parent)
-        env["MOSAIC_GATEWAY"] = gateway.name
-    env.update(extra)
-    return env
-
-
-def mosaic(
-    *args: str, gateway: Gateway | None = None, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(MOSAIC), *args],
-        env=env if env is not None else _env(gateway),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-def mosaic_json(*args: str, gateway: Gateway) -> Any:
-    result = mosaic(*args, "--json", gateway=gateway)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
-
-
-def refused(result: subprocess.CompletedProcess[str], code: str, exit_code: int = 1) -> None:
-    assert result.returncode == exit_code, (result.returncode, result.stdout, result.stderr)
-    assert f"error: {code}:" in result.stderr, result.stderr
 
 
 def _suffix() -> str:

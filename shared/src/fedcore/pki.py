@@ -61,6 +61,14 @@ def fingerprint_sha256(cert: x509.Certificate) -> str:
     return cert.fingerprint(hashes.SHA256()).hex()
 
 
+def bundle_root_fingerprint(bundle_pem: bytes | str) -> str:
+    """The CA pin carried in enrollment URLs: SHA-256 (hex) of the DER of the first self-signed
+    certificate in a PEM bundle (the first certificate if none is self-signed)."""
+    certificates = load_pem_chain(bundle_pem)
+    roots = [c for c in certificates if c.subject == c.issuer]
+    return fingerprint_sha256((roots or certificates)[0])
+
+
 def serial_hex(cert: x509.Certificate) -> str:
     return format(cert.serial_number, "x")
 

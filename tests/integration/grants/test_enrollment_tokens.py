@@ -16,7 +16,6 @@ from cryptography.hazmat.primitives import serialization
 
 from fedcore import pki
 from grants.app import create_app
-from grants.service import ca_root_fingerprint
 from tests.integration.grants.harness import Db, Harness, assert_error, make_settings
 from tests.support.apps import running
 
@@ -219,5 +218,7 @@ def test_pin_uses_the_root_even_when_the_bundle_lists_the_intermediate_first(
     gateway_ca: pki.CaHierarchy,
 ) -> None:
     reordered = pki.cert_pem(gateway_ca.intermediate_cert) + pki.cert_pem(gateway_ca.root_cert)
-    assert ca_root_fingerprint(reordered) == pki.fingerprint_sha256(gateway_ca.root_cert)
-    assert ca_root_fingerprint(reordered) != pki.fingerprint_sha256(gateway_ca.intermediate_cert)
+    assert pki.bundle_root_fingerprint(reordered) == pki.fingerprint_sha256(gateway_ca.root_cert)
+    assert pki.bundle_root_fingerprint(reordered) != pki.fingerprint_sha256(
+        gateway_ca.intermediate_cert
+    )

@@ -468,21 +468,13 @@ def grant_out(grant: FederationGrant) -> schemas.GrantOut:
     )
 
 
-def ca_root_fingerprint(bundle_pem: bytes | str) -> str:
-    """The CA pin: SHA-256 (hex) of the DER of the first self-signed certificate in a PEM
-    bundle (the first certificate if none is self-signed)."""
-    certificates = pki.load_pem_chain(bundle_pem)
-    roots = [c for c in certificates if c.subject == c.issuer]
-    return pki.fingerprint_sha256((roots or certificates)[0])
-
-
 async def _gateway_ca_fingerprint(settings: Settings) -> str | None:
     if not settings.ca_bundle_path:
         return None
     try:
         # Read per request: the broker (re)writes the bundle; it is a few kilobytes.
         bundle = await asyncio.to_thread(Path(settings.ca_bundle_path).read_bytes)
-        return ca_root_fingerprint(bundle)
+        return pki.bundle_root_fingerprint(bundle)
     except (OSError, ValueError, IndexError):
         raise UpstreamUnavailable(
             "the gateway's CA bundle is not available yet", code="ca_bundle_unavailable"
@@ -741,7 +733,7 @@ class ConnectionService:
                     "the certificate names another grant or subject user",
                     code="certificate_identity_mismatch",
                 )
-            ca_fingerprint = ca_root_fingerprint(body.ca_bundle_pem)
+            ca_fingerprint = pki.bundle_root_fingerprint(body.ca_bundle_pem)
             if (
                 body.expected_ca_fingerprint_sha256 is not None
                 and body.expected_ca_fingerprint_sha256 != ca_fingerprint

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from fedcore.cli import output
-from fedcore.cli.client import EXIT_USAGE, AdminClient
+from fedcore.cli.client import AdminClient, ConfigError
 from fedcore.cli.common import api_command, group, read_json_file, uuid_arg
+from fedcore.cli.enroll import peer_add
 
 PEERS = "/api/admin/federation/peers"
 GRANTS = "/api/admin/federation/grants"
@@ -153,13 +154,14 @@ def _show_transition(record: dict[str, Any]) -> None:
         print(f"certificate {item['serial']}: {item['status']}")
 
 
-def _peer_add_not_available(args: argparse.Namespace) -> int:
-    print(
-        "error: not_available: `mosaic federation peer add` is not yet available "
-        "(enrollment, issue 5)",
-        file=sys.stderr,
-    )
-    return EXIT_USAGE
+def _peer_add(api: AdminClient, args: argparse.Namespace) -> Any:
+    ca_file_pem = None
+    if args.ca_file:
+        try:
+            ca_file_pem = Path(args.ca_file).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read --ca-file: {type(exc).__name__}") from None
+    return peer_add(api, args.enrollment_url, name=args.name, ca_file_pem=ca_file_pem)
 
 
 def _register_peers(federation: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -193,14 +195,22 @@ def _register_peers(federation: argparse._SubParsersAction[argparse.ArgumentPars
         if name != "resume":
             command.add_argument("--reason", help="stored with the change")
 
-    add = peers.add_parser(
+    add = api_command(
+        peers,
         "add",
-        help="enroll at another gateway with an enrollment URL (not yet available)",
-        description="enroll at another gateway with an enrollment URL (not yet available)",
+        "enroll at another gateway with its enrollment URL (creates an outbound connection)",
+        _peer_add,
+        output.print_record,
+        epilog=(
+            "example: mosaic federation peer add "
+            "'https://a.example:8443/api/federation/v1/enrollment/<token>#ca_fp=<sha256>'\n"
+            "The URL's #ca_fp pin (or --ca-file) authenticates the other gateway; "
+            "there is no trust on first use."
+        ),
     )
     add.add_argument("enrollment_url", metavar="ENROLLMENT_URL")
-    add.add_argument("--name", help="local name of the connection")
-    add.set_defaults(handler=_peer_add_not_available)
+    add.add_argument("--name", help="local name of the connection (default: the peer's host)")
+    add.add_argument("--ca-file", metavar="PEM", help="the other gateway's CA bundle")
 
 
 # ------------------------------------------------------------------------------ grants

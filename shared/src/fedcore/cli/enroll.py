@@ -1,0 +1,173 @@
+"""``mosaic federation peer add ENROLLMENT_URL``: enroll this gateway (B) at another one (A).
+
+1. The enrollment URL carries A's CA pin (``#ca_fp=<sha256 of A's root, DER>``), or the operator
+   passes ``--ca-file``. Trust on first use is refused: without a pin there is no enrollment.
+   Without ``--ca-file`` the bundle is fetched from A's ``/pki/ca.pem`` and accepted only if its
+   root matches the pin (the download is unauthenticated, the pin is what authenticates it).
+2. B's own admin API makes the key pair (P-256, sealed at rest on B) and the CSR; the private key
+   never leaves B's grants service.
+3. The CSR goes to A's enrollment URL over TLS verified against the pinned bundle.
+4. B's admin API stores the certificate after checking that it holds B's key, carries both
+   federation OIDs with the values A announced, and chains to the returned bundle, whose root
+   must again match the pin.
+Any failure after step 2 deletes the pending connection: nothing half-made remains on B.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import ssl
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from fedcore import pki
+from fedcore.cli.client import AdminClient, ConfigError, GatewayUnreachable, Refused
+
+_FINGERPRINT_RE = re.compile(r"^[0-9a-f]{64}$")
+_ENROLL_PATH_RE = re.compile(r"^/api/federation/v1/enrollment/[0-9a-f]{64}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class EnrollmentUrl:
+    base_url: str  # https://host:port of A's public listener
+    enroll_url: str  # without the fragment: the token travels in the path only
+    ca_fingerprint: str | None
+
+    @property
+    def host(self) -> str:
+        return urllib.parse.urlsplit(self.base_url).hostname or "peer"
+
+
+def parse_enrollment_url(url: str) -> EnrollmentUrl:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ConfigError("the enrollment URL must be an https URL")
+    if not _ENROLL_PATH_RE.match(parts.path):
+        raise ConfigError("the enrollment URL has no /api/federation/v1/enrollment/<token> path")
+    fragment = urllib.parse.parse_qs(parts.fragment)
+    pins = fragment.get("ca_fp", [])
+    if len(pins) > 1 or (pins and not _FINGERPRINT_RE.match(pins[0])):
+        raise ConfigError("the enrollment URL's ca_fp is not one SHA-256 hex fingerprint")
+    base = urllib.parse.urlunsplit((parts.scheme, parts.netloc, "", "", ""))
+    return EnrollmentUrl(
+        base_url=base,
+        enroll_url=base + parts.path,
+        ca_fingerprint=pins[0] if pins else None,
+    )
+
+
+def default_connection_name(enrollment: EnrollmentUrl) -> str:
+    name = re.sub(r"[^A-Za-z0-9.-]", "-", enrollment.host).strip("-.") or "peer"
+    return name[:63]
+
+
+def _pinned_bundle(
+    enrollment: EnrollmentUrl, ca_file_pem: str | None, timeout: float
+) -> tuple[str, str]:
+    """(bundle PEM, pin) — the bundle A's TLS server must chain to."""
+    if ca_file_pem is not None:
+        pin = pki.bundle_root_fingerprint(ca_file_pem)
+        if enrollment.ca_fingerprint and pin != enrollment.ca_fingerprint:
+            raise Refused("ca_pin_mismatch", "--ca-file does not match the URL's ca_fp pin")
+        return ca_file_pem, pin
+    if enrollment.ca_fingerprint is None:
+        raise ConfigError(
+            "no CA pin: the enrollment URL has no #ca_fp=… and no --ca-file was given "
+            "(trust on first use is not accepted)"
+        )
+    try:
+        # Unverified download, verified content: the bundle is accepted only if its root's
+        # fingerprint is the pin that came with the URL.
+        response = httpx.get(
+            f"{enrollment.base_url}/pki/ca.pem",
+            verify=False,  # noqa: S501 - the content is checked against the pin below
+            timeout=timeout,
+        )
+    except httpx.HTTPError as exc:
+        raise GatewayUnreachable(
+            f"cannot fetch the peer's CA bundle ({type(exc).__name__})"
+        ) from None
+    if response.status_code != 200:
+        raise Refused(
+            "ca_bundle_unavailable", f"the peer's /pki/ca.pem answered {response.status_code}"
+        )
+    try:
+        pin = pki.bundle_root_fingerprint(response.text)
+    except (ValueError, IndexError):
+        raise Refused("ca_bundle_invalid", "the peer's CA bundle does not parse") from None
+    if pin != enrollment.ca_fingerprint:
+        raise Refused("ca_pin_mismatch", "the peer's CA bundle does not match the URL's pin")
+    return response.text, pin
+
+
+def _redeem(
+    enrollment: EnrollmentUrl, bundle_pem: str, csr_pem: str, timeout: float
+) -> dict[str, Any]:
+    context = ssl.create_default_context(cadata=bundle_pem)
+    try:
+        response = httpx.post(
+            enrollment.enroll_url, json={"csr_pem": csr_pem}, verify=context, timeout=timeout
+        )
+    except httpx.HTTPError as exc:
+        raise GatewayUnreachable(
+            f"cannot reach the peer's enrollment endpoint ({type(exc).__name__})"
+        ) from None
+    try:
+        body: Any = response.json()
+    except ValueError:
+        body = None
+    if response.status_code != 201 or not isinstance(body, dict):
+        error = body.get("error", {}) if isinstance(body, dict) else {}
+        raise Refused(
+            str(error.get("code", "enrollment_failed")),
+            f"the peer refused the enrollment: {error.get('message', response.status_code)}",
+        )
+    return body
+
+
+def peer_add(
+    api: AdminClient,
+    url: str,
+    *,
+    name: str | None = None,
+    ca_file_pem: str | None = None,
+    timeout: float = 30.0,
+) -> dict[str, Any]:
+    enrollment = parse_enrollment_url(url)
+    connection_name = name or default_connection_name(enrollment)
+    if not _NAME_RE.match(connection_name):
+        raise ConfigError("--name must be 1-63 characters of [A-Za-z0-9._-]")
+    bundle_pem, pin = _pinned_bundle(enrollment, ca_file_pem, timeout)
+
+    keypair = api.request(
+        "POST",
+        "/api/admin/federation/peers/keypair",
+        json_body={"name": connection_name, "endpoint_url": enrollment.base_url},
+    )
+    connection_id = keypair["connection_id"]
+    try:
+        issued = _redeem(enrollment, bundle_pem, keypair["csr_pem"], timeout)
+        if pki.bundle_root_fingerprint(issued["ca_bundle_pem"]) != pin:
+            raise Refused("ca_pin_mismatch", "the returned CA bundle does not match the pin")
+        stored: dict[str, Any] = api.request(
+            "PATCH",
+            f"/api/admin/federation/peers/{connection_id}/cert",
+            json_body={
+                "cert_pem": issued["cert_pem"],
+                "cert_chain_pem": issued["cert_chain_pem"],
+                "ca_bundle_pem": issued["ca_bundle_pem"],
+                "expected_grant_id": issued["grant_id"],
+                "expected_subject_user_id": issued["subject_user_id"],
+                "expected_ca_fingerprint_sha256": pin,
+            },
+        )
+    except BaseException:
+        with contextlib.suppress(Exception):
+            api.request("DELETE", f"/api/admin/federation/connections/{connection_id}")
+        raise
+    return stored

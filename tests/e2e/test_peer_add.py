@@ -1,0 +1,146 @@
+"""`mosaic federation peer add` on gateway B against gateway A: both launcher-started, real
+nginx, real CA. Success leaves an active grant on A and an active, sealed connection on B; every
+failure leaves nothing half-made on B and the token unused on A."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+from tests.support.cli import mosaic, mosaic_json, refused
+from tests.support.db import fetch_all, fetch_one
+from tests.support.stack import Gateway
+
+
+def _grant_with_token(a: Gateway, tmp_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    suffix = uuid.uuid4().hex[:8]
+    peer = mosaic_json("federation", "peer", "create", f"gw-b-{suffix}", gateway=a)
+    user = mosaic_json("user", "create", f"alice-{suffix}", gateway=a)
+    scope = tmp_path / "scope.json"
+    scope.write_text(json.dumps({"resources": ["tasks"], "max_rows_per_query": 10}))
+    grant = mosaic_json(
+        "federation",
+        "grant",
+        "create",
+        "--user",
+        user["id"],
+        "--peer",
+        peer["id"],
+        "--scope",
+        str(scope),
+        gateway=a,
+    )
+    token = mosaic_json("federation", "grant", "token", grant["id"], gateway=a)
+    return grant, token
+
+
+def _connections(b: Gateway) -> list[tuple[Any, ...]]:
+    return fetch_all(
+        b.database_url,
+        "SELECT name, state::text, remote_grant_id, sealed_private_key, cert_pem "
+        "FROM federation_connections ORDER BY created_at",
+    )
+
+
+def _grant_state(a: Gateway, grant_id: str) -> tuple[str, int]:
+    status, used = fetch_one(
+        a.database_url,
+        "SELECT g.status::text, count(t.used_at) FROM federation_grants g "
+        "LEFT JOIN federation_enrollment_tokens t ON t.grant_id = g.id "
+        "WHERE g.id = %s GROUP BY g.status",
+        (grant_id,),
+    )
+    return str(status), int(used)
+
+
+def test_peer_add_enrolls_b_at_a(gateway_a: Gateway, gateway_b: Gateway, tmp_path: Path) -> None:
+    grant, token = _grant_with_token(gateway_a, tmp_path)
+    name = f"to-a-{uuid.uuid4().hex[:6]}"
+    connection = mosaic_json(
+        "federation", "peer", "add", token["enrollment_url"], "--name", name, gateway=gateway_b
+    )
+    assert connection["state"] == "active"
+    assert connection["remote_grant_id"] == grant["id"]
+    assert connection["remote_subject_user_id"] == grant["subject_user_id"]
+
+    assert _grant_state(gateway_a, grant["id"]) == ("active", 1)
+    [row] = [r for r in _connections(gateway_b) if r[0] == name]
+    _, state, remote_grant, sealed, cert_pem = row
+    assert state == "active"
+    assert str(remote_grant) == grant["id"]
+    raw = bytes(sealed)
+    assert raw.startswith(b"MSL1")  # sealed blob, not a key
+    assert b"PRIVATE KEY" not in raw
+    assert "BEGIN CERTIFICATE" in cert_pem
+
+
+def test_a_wrong_pin_is_refused_and_leaves_nothing(
+    gateway_a: Gateway, gateway_b: Gateway, tmp_path: Path
+) -> None:
+    grant, token = _grant_with_token(gateway_a, tmp_path)
+    before = _connections(gateway_b)
+    url = token["enrollment_url"].split("#")[0] + "#ca_fp=" + "0" * 64
+    refused(mosaic("federation", "peer", "add", url, gateway=gateway_b), "ca_pin_mismatch")
+    assert _connections(gateway_b) == before
+    assert _grant_state(gateway_a, grant["id"]) == ("pending", 0)
+
+
+def test_no_pin_means_no_enrollment(gateway_a: Gateway, gateway_b: Gateway, tmp_path: Path) -> None:
+    grant, token = _grant_with_token(gateway_a, tmp_path)
+    before = _connections(gateway_b)
+    url = token["enrollment_url"].split("#")[0]
+    result = mosaic("federation", "peer", "add", url, gateway=gateway_b)
+    assert result.returncode == 2
+    assert "trust on first use" in result.stderr
+    assert _connections(gateway_b) == before
+    assert _grant_state(gateway_a, grant["id"]) == ("pending", 0)
+
+
+def test_ca_file_works_without_a_pin(
+    gateway_a: Gateway, gateway_b: Gateway, tmp_path: Path
+) -> None:
+    grant, token = _grant_with_token(gateway_a, tmp_path)
+    url = token["enrollment_url"].split("#")[0]
+    connection = mosaic_json(
+        "federation",
+        "peer",
+        "add",
+        url,
+        "--ca-file",
+        gateway_a.ca_bundle,
+        "--name",
+        f"cafile-{uuid.uuid4().hex[:6]}",
+        gateway=gateway_b,
+    )
+    assert connection["state"] == "active"
+    assert _grant_state(gateway_a, grant["id"]) == ("active", 1)
+
+
+def test_a_used_token_fails_cleanly_on_b(
+    gateway_a: Gateway, gateway_b: Gateway, tmp_path: Path
+) -> None:
+    _, token = _grant_with_token(gateway_a, tmp_path)
+    first = mosaic(
+        "federation",
+        "peer",
+        "add",
+        token["enrollment_url"],
+        "--name",
+        f"once-{uuid.uuid4().hex[:6]}",
+        gateway=gateway_b,
+    )
+    assert first.returncode == 0, first.stderr
+    before = _connections(gateway_b)
+    again = mosaic(
+        "federation",
+        "peer",
+        "add",
+        token["enrollment_url"],
+        "--name",
+        f"twice-{uuid.uuid4().hex[:6]}",
+        gateway=gateway_b,
+    )
+    refused(again, "token_used")
+    assert _connections(gateway_b) == before  # the pending connection was removed
