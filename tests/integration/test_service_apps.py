@@ -57,7 +57,9 @@ def _verbs(db_url: str) -> FastAPI:
 def _ca_broker(db_url: str) -> FastAPI:
     pki_dir = tempfile.mkdtemp(prefix="mosaic-test-pki-")
     return ca_broker.app.create_app(
-        ca_broker.settings.Settings(pki_dir=pki_dir, **_settings_kwargs(db_url))
+        ca_broker.settings.Settings(
+            pki_dir=pki_dir, ca_key_secret=random_secret(), **_settings_kwargs(db_url)
+        )
     )
 
 

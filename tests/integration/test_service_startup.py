@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.support.secrets import secrets_env
+from tests.support.secrets import random_secret, secrets_env
 
 SERVICES = {
     "ca_broker": "FED_CA_BROKER_",
@@ -22,6 +22,7 @@ def _run(service: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("FED_")}
     # verbs needs its CA bundle setting to get as far as the database check
     clean["FED_VERBS_CA_BUNDLE_PATH"] = "/nonexistent/client-ca.pem"
+    clean["FED_CA_BROKER_CA_KEY_SECRET"] = random_secret()
     return subprocess.run(
         [sys.executable, "-m", service],
         env={**clean, **env},

@@ -96,7 +96,7 @@ async def gateway_ca(gw: Gateway) -> pki.CaHierarchy:
     engine = create_async_engine(gw.database_url)
     try:
         hierarchy, created = await load_or_create_ca(
-            async_sessionmaker(engine), Sealer(secrets["gateway_secret"]), gw.name
+            async_sessionmaker(engine), Sealer(secrets["ca_key_secret"]), gw.name
         )
     finally:
         await engine.dispose()

@@ -117,6 +117,7 @@ def _load_or_make_secrets(spec: GatewaySpec) -> dict[str, str]:
         return loaded
     values = {
         "gateway_secret": secrets.token_urlsafe(48),
+        "ca_key_secret": secrets.token_urlsafe(48),
         "proxy_secret": secrets.token_urlsafe(48),
         "service_token": secrets.token_urlsafe(48),
         "db_password": secrets.token_urlsafe(24),
@@ -149,6 +150,7 @@ def service_environment(spec: GatewaySpec, secret: dict[str, str], service: str)
     )
     broker_url = f"http://{spec.host}:{spec.ports.ca_broker}"
     if service == "ca_broker":
+        env[f"{prefix}CA_KEY_SECRET"] = secret["ca_key_secret"]  # the broker's alone
         env[f"{prefix}PKI_DIR"] = str(spec.pki_dir)
         env[f"{prefix}SERVER_CERT_HOSTS"] = json.dumps([spec.host, "localhost"])
         env[f"{prefix}NGINX_PID_FILE"] = str(spec.state_dir / "nginx" / "run" / "nginx.pid")

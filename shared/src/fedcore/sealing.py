@@ -60,6 +60,13 @@ _PURPOSE_RE: Final = re.compile(r"[a-z0-9](?:[a-z0-9._:-]{0,126}[a-z0-9])?", re.
 _HEADER_PREFIX_LENGTH: Final = len(MAGIC) + 1
 
 
+# What each sealed column holds; the purpose is bound into the AAD, so a blob copied from one
+# column to another does not unseal.
+PURPOSE_CA_ROOT_KEY: Final = "ca-root-key"
+PURPOSE_CA_INTERMEDIATE_KEY: Final = "ca-intermediate-key"
+PURPOSE_CONNECTION_KEY: Final = "connection-key"
+
+
 class SealingError(Exception):
     """A blob could not be unsealed (unknown key, wrong purpose, tampered, truncated...).
 

@@ -42,6 +42,7 @@ def broker_settings(database_url: str, **overrides: object) -> Settings:
             "service_token": random_secret(),
         },
         "pki_dir": tempfile.mkdtemp(prefix="mosaic-test-pki-"),
+        "ca_key_secret": random_secret(),
         "gateway_name": "gw-test",
     }
     values.update(overrides)

@@ -21,7 +21,7 @@ from ca_broker.keystore import INTERMEDIATE_KEY_PURPOSE, ROOT_KEY_PURPOSE
 from fedcore import pki
 from fedcore.csr import make_csr
 from fedcore.federation_oids import GRANT_ID_OID, SUBJECT_USER_ID_OID, extract_federation_identity
-from fedcore.sealing import Sealer
+from fedcore.sealing import Sealer, SealingError
 from tests.integration.ca_broker.conftest import Broker
 from tests.support.factories import GrantFixture, create_grant_fixture
 
@@ -273,7 +273,8 @@ async def test_ca_private_keys_are_ciphertext_at_rest(broker: Broker) -> None:
     with _sql(broker.database_url) as conn:
         rows = conn.execute("SELECT role, sealed_private_key FROM ca_keypairs").fetchall()
     assert {str(role) for role, _ in rows} == {"root", "intermediate"}
-    sealer: Sealer = broker.settings.secrets.sealer()
+    sealer: Sealer = broker.settings.ca_sealer()
+    gateway_sealer = broker.settings.secrets.sealer()
     for role, blob in rows:
         assert isinstance(blob, bytes)
         raw = blob
@@ -282,6 +283,9 @@ async def test_ca_private_keys_are_ciphertext_at_rest(broker: Broker) -> None:
         assert b"-----BEGIN" not in raw
         purpose = ROOT_KEY_PURPOSE if str(role) == "root" else INTERMEDIATE_KEY_PURPOSE
         assert b"PRIVATE KEY" in sealer.unseal(raw, purpose=purpose)
+        # The gateway secret, which every service holds, cannot open the CA keys.
+        with pytest.raises(SealingError):
+            gateway_sealer.unseal(raw, purpose=purpose)
     on_disk = b"".join(p.read_bytes() for p in broker.pki_dir.iterdir() if p.is_file())
     assert on_disk.count(b"PRIVATE KEY-----") == 2  # only server.key's BEGIN/END lines
     assert (broker.pki_dir / "server.key").stat().st_mode & 0o077 == 0

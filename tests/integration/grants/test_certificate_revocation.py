@@ -86,7 +86,12 @@ async def two_apps(migrated_db_url: str, tmp_path: Path) -> AsyncIterator[TwoApp
     }
     db_settings = {"url": migrated_db_url, "startup_wait_seconds": 0}
     broker = ca_broker.app.create_app(
-        ca_broker.settings.Settings(db=db_settings, secrets=shared, pki_dir=str(tmp_path / "pki"))
+        ca_broker.settings.Settings(
+            db=db_settings,
+            secrets=shared,
+            pki_dir=str(tmp_path / "pki"),
+            ca_key_secret=random_secret(),
+        )
     )
     db = Db(migrated_db_url)
     token, _ = db.insert_token("admin")

@@ -105,6 +105,7 @@ def broker_settings(
         stepca_provisioner_name=provisioner,
         db={"url": db_url, "startup_wait_seconds": 0, "connect_timeout_seconds": 1},
         secrets=service_secrets or new_service_secrets(),
+        ca_key_secret=random_secret(),
         **key_settings,
     )
 
@@ -275,7 +276,7 @@ async def test_missing_oid_template_is_refused_by_the_post_check_and_not_recorde
         stepca_server,
         provisioner=MISSING_OID_PROVISIONER,
         service_secrets=shared,
-    )
+    ).model_copy(update={"ca_key_secret": settings.ca_key_secret})
     async with broker(settings) as client:
         response = await client.post("/sign", json=sign_body(s))
     assert response.status_code == 502

@@ -40,7 +40,7 @@ async def build_broker(
 ) -> BrokerState:
     """Load or create the CA, write the public files, build the backend and the CRL publisher."""
     hierarchy, _ = await load_or_create_ca(
-        sessionmaker, settings.secrets.sealer(), settings.gateway_name
+        sessionmaker, settings.ca_sealer(), settings.gateway_name
     )
     directory = Path(settings.pki_dir)
     backend: SigningBackend

@@ -12,10 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fedcore import pki
 from fedcore.models import CaKeyPair, CaKeyRole
-from fedcore.sealing import Sealer
+from fedcore.sealing import PURPOSE_CA_INTERMEDIATE_KEY, PURPOSE_CA_ROOT_KEY, Sealer
 
-ROOT_KEY_PURPOSE = "ca-root-key"
-INTERMEDIATE_KEY_PURPOSE = "ca-intermediate-key"
+ROOT_KEY_PURPOSE = PURPOSE_CA_ROOT_KEY
+INTERMEDIATE_KEY_PURPOSE = PURPOSE_CA_INTERMEDIATE_KEY
 
 
 async def _load(session: AsyncSession, sealer: Sealer) -> pki.CaHierarchy | None:

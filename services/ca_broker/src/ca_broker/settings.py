@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from fedcore.settings import ServiceSettings
+from fedcore.sealing import Sealer
+from fedcore.settings import ServiceSettings, refuse_placeholder_secret
 
 DAY = 86_400
 
@@ -19,6 +20,10 @@ class Settings(ServiceSettings):
 
     bind_port: int = Field(default=9101, ge=1, le=65535)
     backend: Literal["local", "stepca"] = "local"
+    # The CA keys are sealed with a secret only the broker has: the other services hold the
+    # gateway secret (and face the internet), and must not be able to unseal the CA.
+    ca_key_secret: SecretStr = Field(description="seals the local CA's private keys")
+    previous_ca_key_secrets: list[SecretStr] = Field(default_factory=list)
     pki_dir: str = Field(default="./pki", description="where ca.pem, crl.pem, server.* are written")
     server_cert_hosts: list[str] = Field(
         default_factory=lambda: ["127.0.0.1", "localhost"],
@@ -42,6 +47,17 @@ class Settings(ServiceSettings):
         default=False,
         description="accept a provisioner without disableRenewal (renewals bypass the broker)",
     )
+
+    @field_validator("ca_key_secret")
+    @classmethod
+    def _no_placeholder(cls, value: SecretStr) -> SecretStr:
+        return refuse_placeholder_secret(value, "ca_key_secret")
+
+    def ca_sealer(self) -> Sealer:
+        return Sealer(
+            self.ca_key_secret.get_secret_value(),
+            [old.get_secret_value() for old in self.previous_ca_key_secrets],
+        )
 
     @model_validator(mode="after")
     def _check_backend(self) -> Settings:

@@ -62,6 +62,7 @@ from fedcore.models import (
     User,
 )
 from fedcore.scope import GrantScope, check_scope_policy
+from fedcore.sealing import PURPOSE_CONNECTION_KEY
 from fedcore.tokens import hash_token, new_token
 from grants import schemas
 from grants.repository import (
@@ -80,7 +81,7 @@ from grants.settings import Settings
 
 log = logging.getLogger("grants.service")
 
-CONNECTION_KEY_PURPOSE: Final = "connection-key"
+CONNECTION_KEY_PURPOSE: Final = PURPOSE_CONNECTION_KEY
 ENROLLMENT_PATH: Final = "/api/federation/v1/enrollment/"
 
 # The whole grant machine. pending -> active belongs to enrollment (atomic
