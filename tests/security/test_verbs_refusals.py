@@ -337,7 +337,7 @@ async def test_audit_has_one_row_per_request_with_the_right_outcome(gateway_a: G
         for i in range(12):
             if i % 3 == 0:
                 response = await client.post("/list/notes")
-                expected.append(("denied", "resource_not_in_scope"))
+                expected.append(("denied", "resource_not_in_scope:not_granted"))
             elif i % 3 == 1:
                 response = await client.post("/list/tasks")
                 expected.append(("allowed", None))
@@ -346,3 +346,53 @@ async def test_audit_has_one_row_per_request_with_the_right_outcome(gateway_a: G
                 expected.append(("denied", "not_found"))
             assert response.status_code in (200, 403, 404)
     assert _audit_rows(gateway_a, serial) == expected
+
+
+def _audit_for(gw: Gateway, serial: str) -> list[tuple[str, str | None, str | None, str]]:
+    rows = fetch_all(
+        gw.database_url,
+        "SELECT outcome::text, reason_code, resource, action FROM federation_audit_log "
+        "WHERE cert_serial = %s AND action LIKE 'verb.%%' ORDER BY id",
+        (serial,),
+    )
+    return [(o, r, res, a) for o, r, res, a in rows]
+
+
+async def test_malformed_requests_from_a_peer_are_refused_and_audited(gateway_a: Gateway) -> None:
+    """Every request that reaches the verbs leaves one audit row, whatever is wrong with it."""
+    peer = await enrolled_peer(gateway_a, DEFAULT_SCOPE)
+    serial = pki.serial_hex(peer.cert)
+    async with peer.client(gateway_a) as client:
+        cases = [
+            (
+                await client.post("/search/tasks", json={"query": "a\u0000b"}),
+                422,
+                "validation_error",
+            ),
+            (await client.post("/list/tasks", json={"limit": 5000}), 422, "validation_error"),
+            (await client.post("/list/tasks", content=b"{not json"), 422, "validation_error"),
+            (await client.post("/search/tasks"), 422, "validation_error"),
+            (await client.post("/list/" + "x" * 65), 404, "unknown_resource"),
+            (await client.post("/list/%1b%5b2J%0aX"), 404, "unknown_resource"),
+            (await client.get("/list/tasks"), 404, "unknown_verb"),
+            (await client.post("/delete/tasks"), 404, "unknown_verb"),
+            (await client.post("/list/tasks/"), 404, "unknown_verb"),  # no redirect
+        ]
+    for response, status, code in cases:
+        _expect(response, status, code)
+        assert "location" not in response.headers
+    rows = _audit_for(gateway_a, serial)
+    assert [(o, r) for o, r, _, _ in rows] == [("denied", code) for _, _, code in cases]
+    # The peer's raw path text never reaches the audit row: only known names or "unknown".
+    assert {res for _, _, res, _ in rows} <= {"tasks", "unknown", None}
+
+
+async def test_an_unauthenticated_caller_learns_nothing_about_bodies(gateway_a: Gateway) -> None:
+    peer = await enrolled_peer(gateway_a, DEFAULT_SCOPE)
+    pem = peer.cert.public_bytes(serialization.Encoding.PEM).decode()
+    headers = {"X-Client-Cert": urllib.parse.quote(pem), "X-Client-Verify": "SUCCESS"}
+    async with httpx.AsyncClient(base_url=gateway_a.service_url("verbs"), timeout=10) as client:
+        response = await client.post(
+            "/api/federation/v1/list/tasks", json={"limit": 5000}, headers=headers
+        )
+    _expect(response, 401, "untrusted_proxy")

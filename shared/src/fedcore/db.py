@@ -27,7 +27,11 @@ def create_engine(settings: PostgresSettings) -> AsyncEngine:
         pool_size=settings.pool_size,
         max_overflow=settings.pool_size,
         pool_pre_ping=True,
-        connect_args={"connect_timeout": max(1, int(settings.connect_timeout_seconds))},
+        connect_args={
+            "connect_timeout": max(1, int(settings.connect_timeout_seconds)),
+            # No request can hold a connection with a runaway query.
+            "options": f"-c statement_timeout={settings.statement_timeout_ms}",
+        },
     )
 
 

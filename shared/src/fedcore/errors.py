@@ -26,7 +26,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fedcore.request_id import current_request_id
+from fedcore.request_id import accept_or_generate, current_request_id
 from fedcore.responses import JsonResponse
 
 log = logging.getLogger("fedcore.errors")
@@ -42,6 +42,12 @@ class DomainError(Exception):
         super().__init__(message)
         self.message = message
         self.code = code or self.default_code
+        self.audit_detail: str | None = None  # finer reason, for the audit row only
+
+    @property
+    def audit_reason(self) -> str:
+        """The audit row's reason code: the public code, plus the private detail if any."""
+        return f"{self.code}:{self.audit_detail}" if self.audit_detail else self.code
 
     def headers(self) -> dict[str, str] | None:
         return None
@@ -158,7 +164,20 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JsonResponse:
+    async def _unexpected(request: Request, exc: Exception) -> JsonResponse:
+        # This handler runs outside the request-id middleware (Starlette puts it outermost), so
+        # the id is taken from the request again; the same rule accepts or replaces it.
+        request_id = accept_or_generate(request.headers.get("x-request-id"))
         # The exception text may contain anything (SQL, key material): log the type only.
-        log.error("unhandled error", extra={"exception_type": type(exc).__name__})
-        return JsonResponse(error_body("internal_error", "internal error"), status_code=500)
+        log.error(
+            "unhandled error",
+            extra={"exception_type": type(exc).__name__, "request_id": request_id},
+        )
+        body = {
+            "error": {
+                "code": "internal_error",
+                "message": "internal error",
+                "request_id": request_id,
+            }
+        }
+        return JsonResponse(body, status_code=500, headers={"x-request-id": request_id})

@@ -55,6 +55,9 @@ class PostgresSettings(BaseModel):
     url: SecretStr = Field(description="SQLAlchemy URL, postgresql+psycopg://user:pw@host:port/db")
     pool_size: int = Field(default=10, ge=1, le=200)
     connect_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    statement_timeout_ms: int = Field(
+        default=10_000, ge=100, le=600_000, description="server-side cap on any one statement"
+    )
     startup_wait_seconds: float = Field(
         default=10.0, ge=0, le=300, description="How long a service waits for the DB at start"
     )

@@ -31,5 +31,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
 
     return create_service_app(
-        title="mosaic-verbs", settings=settings, routers=[router], on_startup=on_startup
+        title="mosaic-verbs",
+        settings=settings,
+        routers=[router],
+        on_startup=on_startup,
+        # A trailing slash must not redirect a peer to a Host header it chose.
+        redirect_slashes=False,
+        docs_url=None,
+        redoc_url=None,
     )

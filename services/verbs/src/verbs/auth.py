@@ -24,7 +24,7 @@ from fedcore import pki
 from fedcore.client_cert import ClientCertInvalid, ForwardedCertVerifier, VerifiedClientCert
 from fedcore.errors import Forbidden, Unauthorized
 from fedcore.models import GrantStatus, PeerState
-from fedcore.scope import GrantScope
+from fedcore.scope import GrantScope, InvalidScope
 from verbs.repository import load_certificate_binding
 
 PROXY_SECRET_HEADER = "x-mosaic-proxy-secret"  # noqa: S105 - a header name
@@ -117,6 +117,15 @@ class InboundAuthenticator:
             subject_user_id=binding.grant_subject_user_id,
             peer_id=binding.cert_peer_id,
             peer_name=binding.peer_name,
-            scope=GrantScope.from_json(binding.scope),
+            scope=_stored_scope(binding.scope),
             expires_at=binding.grant_expires_at,
         )
+
+
+def _stored_scope(raw: dict[str, object]) -> GrantScope:
+    try:
+        return GrantScope.from_json(raw)
+    except InvalidScope:
+        # A stored scope the current schema refuses: deny, without describing the grant's
+        # configuration to the peer.
+        raise Forbidden("the grant cannot be used", code="grant_invalid") from None

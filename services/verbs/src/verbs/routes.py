@@ -1,17 +1,52 @@
-"""Inbound verbs under ``/api/federation/v1/`` (public listener, mTLS via nginx)."""
+"""Inbound verbs under ``/api/federation/v1/`` (public listener, mTLS via nginx).
+
+Bodies are parsed *after* the trust path, inside ``VerbService.run``: an unauthenticated caller
+learns nothing about the schema, and a malformed body from an authenticated peer is refused
+(422) with an audit row like every other refusal. A catch-all route audits unknown verbs too.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ValidationError
 
 from fedcore.db import SessionDep
+from fedcore.errors import NotFound, Unprocessable
 from fedcore.responses import JsonResponse
-from verbs.schemas import GetRequest, ListRequest, SearchRequest
+from verbs.schemas import ListRequest, SearchRequest
 from verbs.service import VerbService
 
 router = APIRouter(prefix="/api/federation/v1", default_response_class=JsonResponse)
+M = TypeVar("M", bound=BaseModel)
+
+
+class InvalidBody(Unprocessable):
+    default_code = "validation_error"
+
+    def __init__(self, exc: ValidationError) -> None:
+        super().__init__("request body is invalid")
+        # Location and message only: the offending value is never echoed.
+        self.fields = [
+            {"loc": [str(p) for p in err.get("loc", ())], "msg": str(err.get("msg", ""))}
+            for err in exc.errors(include_input=False, include_url=False)
+        ]
+
+    def details(self) -> dict[str, Any]:
+        return {"fields": self.fields}
+
+
+async def parse_body(request: Request, model: type[M], *, required: bool) -> M:
+    raw = await request.body()
+    if not raw.strip():
+        if required:
+            raise Unprocessable("a JSON body is required", code="validation_error")
+        return model()
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise InvalidBody(exc) from None
 
 
 def _service(request: Request) -> VerbService:
@@ -26,38 +61,31 @@ async def capabilities(request: Request, session: SessionDep) -> JsonResponse:
     return JsonResponse(body)
 
 
-@router.post("/list/{resource}")
-async def list_rows(
-    resource: str, request: Request, session: SessionDep, body: ListRequest | None = None
-) -> JsonResponse:
+@router.post("/list/{resource}", openapi_extra={"requestBody": {"required": False}})
+async def list_rows(resource: str, request: Request, session: SessionDep) -> JsonResponse:
     service = _service(request)
-    payload = body or ListRequest()
 
     async def action(context: Any) -> Any:
+        payload = await parse_body(request, ListRequest, required=False)
         return await service.list(session, context, resource, payload)
 
     return JsonResponse(await service.run(request, session, "list", resource, action))
 
 
 @router.post("/search/{resource}")
-async def search_rows(
-    resource: str, request: Request, session: SessionDep, body: SearchRequest
-) -> JsonResponse:
+async def search_rows(resource: str, request: Request, session: SessionDep) -> JsonResponse:
     service = _service(request)
 
     async def action(context: Any) -> Any:
-        return await service.search(session, context, resource, body)
+        payload = await parse_body(request, SearchRequest, required=True)
+        return await service.search(session, context, resource, payload)
 
     return JsonResponse(await service.run(request, session, "search", resource, action))
 
 
 @router.post("/get/{resource}/{row_id}")
 async def get_row(
-    resource: str,
-    row_id: str,
-    request: Request,
-    session: SessionDep,
-    body: GetRequest | None = Body(default=None),  # noqa: B008 - FastAPI's declaration style
+    resource: str, row_id: str, request: Request, session: SessionDep
 ) -> JsonResponse:
     service = _service(request)
 
@@ -65,3 +93,17 @@ async def get_row(
         return await service.get(session, context, resource, row_id)
 
     return JsonResponse(await service.run(request, session, "get", resource, action))
+
+
+@router.api_route(
+    "/{unknown:path}",
+    methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+    include_in_schema=False,
+)
+async def unknown_verb(unknown: str, request: Request, session: SessionDep) -> JsonResponse:
+    service = _service(request)
+
+    async def action(context: Any) -> Any:
+        raise NotFound("no such verb", code="unknown_verb")
+
+    return JsonResponse(await service.run(request, session, "unknown", None, action))

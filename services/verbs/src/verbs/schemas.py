@@ -27,7 +27,8 @@ class ListRequest(BaseModel):
 
 
 class SearchRequest(ListRequest):
-    query: str = Field(min_length=1, max_length=200)
+    # No NUL: Postgres refuses it in text (a 500 otherwise).
+    query: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00]+$")
 
 
 class GetRequest(BaseModel):

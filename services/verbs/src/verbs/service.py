@@ -27,6 +27,7 @@ from fedcore.scope_evaluator import (
     effective_resources,
     effective_row_cap,
     evaluate,
+    known_resource,
 )
 from verbs import repository
 from verbs.auth import FederationContext, InboundAuthenticator, PartialIdentity
@@ -76,6 +77,8 @@ class VerbService:
         action: Callable[[FederationContext], Awaitable[VerbResult]],
     ) -> dict[str, Any]:
         known = PartialIdentity()
+        # Only names we know go into the audit row: the path segment is the peer's text.
+        audited_resource = resource if resource is None or known_resource(resource) else "unknown"
         try:
             context = await self.authenticator.authenticate(request, session, known)
             body, row_count = await action(context)
@@ -84,14 +87,24 @@ class VerbService:
             outcome = AuditOutcome.ERROR if refusal.status_code >= 500 else AuditOutcome.DENIED
             await write_audit_now(
                 self.sessionmaker,
-                self._event(verb, resource, known, outcome, refusal.code, None),
+                self._event(verb, audited_resource, known, outcome, refusal.audit_reason, None),
             )
             raise
+        except Exception as failure:
+            # Anything unexpected (a database error, …) is still one audited request.
+            await session.rollback()
+            await write_audit_now(
+                self.sessionmaker,
+                self._event(
+                    verb, audited_resource, known, AuditOutcome.ERROR, "internal_error", None
+                ),
+            )
+            raise failure
         await write_audit(
             session,
             self._event(
                 verb,
-                resource,
+                audited_resource,
                 PartialIdentity(
                     serial=context.cert.serial,
                     grant_id=context.grant_id,
@@ -155,7 +168,9 @@ class VerbService:
             return decision
         if decision.code == "unknown_resource":
             raise NotFound("no such resource", code="unknown_resource")
-        raise Forbidden("resource is not in this grant's scope", code=decision.code)
+        refusal = Forbidden("resource is not in this grant's scope", code=decision.code)
+        refusal.audit_detail = decision.detail  # not_granted / excluded / hard_denied
+        raise refusal
 
     def _tag(self, row: dict[str, Any]) -> dict[str, Any]:
         row["_source"] = self.source_name
