@@ -91,9 +91,10 @@ def front_door() -> Iterator[FrontDoor]:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _assert_nginx_identity(front: FrontDoor, expect_cert: bool) -> None:
+def _assert_nginx_identity(front: FrontDoor, expect_cert: bool, to_verbs: bool) -> None:
     seen = front.upstream.last()
-    assert seen.values("X-Mosaic-Proxy-Secret") == [PROXY_SECRET]
+    # The proxy secret goes only to the verbs; a client-sent value never passes.
+    assert seen.values("X-Mosaic-Proxy-Secret") == ([PROXY_SECRET] if to_verbs else [])
     request_ids = seen.values("X-Request-Id")
     assert len(request_ids) == 1
     assert request_ids[0] != FORGED["X-Request-Id"]
@@ -119,7 +120,7 @@ def test_public_request_without_cert_reaches_upstream_with_nginx_values_only(
     with front_door.public() as client:
         response = client.get("/readyz/enrollment", headers=FORGED)
     assert response.status_code == 200
-    _assert_nginx_identity(front_door, expect_cert=False)
+    _assert_nginx_identity(front_door, expect_cert=False, to_verbs=False)
 
 
 def test_verbs_request_with_cert_carries_the_verified_cert_not_the_forged_one(
@@ -128,7 +129,7 @@ def test_verbs_request_with_cert_carries_the_verified_cert_not_the_forged_one(
     with front_door.public(with_cert=True) as client:
         response = client.post("/api/federation/v1/list/tasks", headers=FORGED, json={})
     assert response.status_code == 200
-    _assert_nginx_identity(front_door, expect_cert=True)
+    _assert_nginx_identity(front_door, expect_cert=True, to_verbs=True)
 
 
 def test_enrollment_request_cannot_smuggle_a_client_cert(front_door: FrontDoor) -> None:
@@ -137,7 +138,7 @@ def test_enrollment_request_cannot_smuggle_a_client_cert(front_door: FrontDoor) 
             "/api/federation/v1/enrollment/" + "ab" * 32, headers=FORGED, json={"csr_pem": "x"}
         )
     assert response.status_code == 200
-    _assert_nginx_identity(front_door, expect_cert=False)
+    _assert_nginx_identity(front_door, expect_cert=False, to_verbs=False)
 
 
 def test_admin_listener_strips_forged_identity_headers(front_door: FrontDoor) -> None:
@@ -147,7 +148,11 @@ def test_admin_listener_strips_forged_identity_headers(front_door: FrontDoor) ->
     seen = front_door.upstream.last()
     assert seen.values("X-Client-Cert") == []
     assert seen.values("X-Client-Verify") == []  # plain HTTP: nginx's value is empty
-    assert seen.values("X-Mosaic-Proxy-Secret") == [PROXY_SECRET]
+    assert seen.values("X-Mosaic-Proxy-Secret") == []  # grants never sees the secret
+    with front_door.admin() as client:
+        local = client.post("/api/local/v1/query/tasks", headers=FORGED, json={})
+    assert local.status_code == 200
+    assert front_door.upstream.last().values("X-Mosaic-Proxy-Secret") == [PROXY_SECRET]
 
 
 def test_underscore_variants_of_identity_headers_are_dropped(front_door: FrontDoor) -> None:
