@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import httpx
 
-from fedcore.cli import admin, federation, users
+from fedcore.cli import admin, federation, secrets, users
 from fedcore.cli.client import AdminClient, CliError, resolve_target
 from fedcore.cli.output import emit, print_error
 
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     federation.register(groups)
     users.register(groups)
     admin.register(groups)
+    secrets.register(groups)
     return parser
 
 
