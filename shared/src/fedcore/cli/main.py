@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import httpx
 
-from fedcore.cli import admin, federation, secrets, users
+from fedcore.cli import admin, ca, dev, federation, secrets, users
 from fedcore.cli.client import AdminClient, CliError, resolve_target
 from fedcore.cli.output import emit, print_error
 
@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     users.register(groups)
     admin.register(groups)
     secrets.register(groups)
+    dev.register(groups)
+    ca.register(groups)
     return parser
 
 
