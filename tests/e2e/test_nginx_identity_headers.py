@@ -3,7 +3,9 @@ reaches a service. Observed with a recording upstream behind the real nginx conf
 
 from __future__ import annotations
 
+import json
 import shutil
+import socket
 import ssl
 import tempfile
 import urllib.parse
@@ -179,3 +181,32 @@ def test_cert_from_another_ca_is_refused_by_nginx_with_json_401(front_door: Fron
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "client_cert_invalid"
     assert len(front_door.upstream.requests) == before  # never reached a service
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"GET /%00 HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n",
+    ],
+    ids=["bad-request-line", "nul-in-path", "huge-header"],
+)
+def test_malformed_requests_get_the_json_envelope_too(front_door: FrontDoor, raw: bytes) -> None:
+    context = ssl.create_default_context(cafile=str(front_door.workdir / "pki" / "ca.pem"))
+    context.check_hostname = False
+    with (
+        socket.create_connection((HOST, PUBLIC_PORT), timeout=5) as plain,
+        context.wrap_socket(plain, server_hostname=HOST) as tls,
+    ):
+        tls.sendall(raw)
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = tls.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.startswith(b"HTTP/1.1 400"), status_line
+    body = json.loads(rest.split(b"\r\n\r\n", 1)[1])
+    assert body["error"]["code"] == "bad_request"
