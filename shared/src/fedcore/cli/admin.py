@@ -10,30 +10,28 @@ from __future__ import annotations
 import argparse
 import sys
 import uuid
-from typing import Any
-
-from sqlalchemy import create_engine, insert, select
-from sqlalchemy.exc import SQLAlchemyError
+from typing import TYPE_CHECKING, Any
 
 from fedcore.cli import output
 from fedcore.cli.client import ConfigError, GatewayUnreachable, Refused
 from fedcore.cli.common import group, json_parent, uuid_arg
-from fedcore.models import (
-    ActorType,
-    AdminRole,
-    AdminToken,
-    AuditOutcome,
-    FederationAuditLog,
-    User,
-)
 from fedcore.request_id import new_request_id
 from fedcore.tokens import hash_token, new_token
+
+if TYPE_CHECKING:
+    from fedcore.models import AdminRole
 
 
 def create_admin_token(
     database_url: str, role: AdminRole, user_id: uuid.UUID | None, label: str
 ) -> dict[str, Any]:
     """Store a new token's hash (and an audit row) in one transaction; return the token."""
+    # Imported here: every `mosaic` command would otherwise pay SQLAlchemy's import time.
+    from sqlalchemy import create_engine, insert, select
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from fedcore.models import ActorType, AdminToken, AuditOutcome, FederationAuditLog, User
+
     if not database_url.startswith("postgresql+psycopg://"):
         raise ConfigError("--database-url must start with postgresql+psycopg://")
     token = new_token()
@@ -83,6 +81,8 @@ def create_admin_token(
 
 
 def _token_create(args: argparse.Namespace) -> int:
+    from fedcore.models import AdminRole
+
     role = AdminRole(args.role)
     if role is AdminRole.USER and args.user is None:
         raise ConfigError("--role user needs --user USER_ID")

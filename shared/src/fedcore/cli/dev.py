@@ -8,16 +8,19 @@ import argparse
 import asyncio
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
-
 from fedcore.cli import output
 from fedcore.cli.client import ConfigError, GatewayUnreachable
 from fedcore.cli.common import group, json_parent
-from fedcore.dev_seed import ROWS_PER_CLASS, seed
+
+# The visibility classes of fedcore.dev_seed (listed here so `--help` needs no SQLAlchemy).
+CLASSES = "personal, research-own, research-other, ops, finance, bob-personal, carol-personal"
 
 
 async def _seed(database_url: str, prefix: str, scale: int) -> dict[str, Any]:
+    from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+    from fedcore.dev_seed import seed
+
     engine = create_async_engine(database_url, connect_args={"connect_timeout": 5})
     try:
         async with async_sessionmaker(engine)() as session:
@@ -38,6 +41,8 @@ async def _seed(database_url: str, prefix: str, scale: int) -> dict[str, Any]:
 def _seed_command(args: argparse.Namespace) -> int:
     if not args.database_url.startswith("postgresql+psycopg://"):
         raise ConfigError("--database-url must start with postgresql+psycopg://")
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
         result = asyncio.run(_seed(args.database_url, args.prefix, args.scale))
     except SQLAlchemyError as exc:
@@ -61,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="insert the sample world (direct database access)",
         description=(
             "Insert users alice/bob/carol, teams research/ops/finance and content rows in "
-            f"every visibility class ({', '.join(ROWS_PER_CLASS)}). See fedcore/dev_seed.py."
+            f"every visibility class ({CLASSES}). See fedcore/dev_seed.py."
         ),
         parents=[json_parent()],
     )

@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from fedcore.cli import output
-from fedcore.cli.client import AdminClient, ConfigError
+from fedcore.cli import output, query
+from fedcore.cli.client import AdminClient, CliError, ConfigError
 from fedcore.cli.common import api_command, group, read_json_file, uuid_arg
 from fedcore.cli.enroll import peer_add
 
@@ -69,6 +69,7 @@ CONNECTION_COLUMNS = [
     ("ENDPOINT", "endpoint_url"),
     ("REMOTE GRANT", "remote_grant_id"),
     ("CERT NOT AFTER", "cert_not_after"),
+    ("CIRCUIT", "circuit.state"),
 ]
 AUDIT_COLUMNS = [
     ("ID", "id"),
@@ -343,7 +344,25 @@ def _register_grants(federation: argparse._SubParsersAction[argparse.ArgumentPar
 
 
 def _connection_list(api: AdminClient, args: argparse.Namespace) -> Any:
-    return api.get(CONNECTIONS, state=args.state, limit=args.limit, cursor=args.cursor)
+    page = api.get(CONNECTIONS, state=args.state, limit=args.limit, cursor=args.cursor)
+    _add_circuits(api, page["items"])
+    return page
+
+
+def _add_circuits(api: AdminClient, connections: list[dict[str, Any]]) -> None:
+    """Each connection's circuit breaker, from the verbs service (which makes the outbound
+    calls): ``closed`` until a call failed, ``unknown`` if the verbs cannot be asked."""
+    try:
+        reported = {c["connection_id"]: c for c in api.get(query.CIRCUITS)["items"]}
+    except CliError:
+        reported = None
+    for connection in connections:
+        if connection.get("state") != "active":
+            connection["circuit"] = None
+        elif reported is None:
+            connection["circuit"] = {"state": "unknown"}
+        else:
+            connection["circuit"] = reported.get(connection["id"], {"state": "closed"})
 
 
 def _connection_show(api: AdminClient, args: argparse.Namespace) -> Any:
@@ -383,13 +402,17 @@ def _register_connections(
         connections, "show", "show one outbound connection", _connection_show, output.print_record
     )
     show.add_argument("connection_id", type=uuid_arg, metavar="CONNECTION_ID")
+    query.register_connection_commands(connections)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    federation = group(subparsers, "federation", "federation: peers, grants, tokens, audit")
+    federation = group(
+        subparsers, "federation", "federation: peers, grants, tokens, connections, queries, audit"
+    )
     _register_peers(federation)
     _register_grants(federation)
     _register_connections(federation)
+    query.register(federation)
     audit = api_command(
         federation,
         "audit",

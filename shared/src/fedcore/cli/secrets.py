@@ -14,19 +14,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from typing import Any
-
-from sqlalchemy import create_engine
-from sqlalchemy.exc import SQLAlchemyError
+from typing import TYPE_CHECKING, Any
 
 from fedcore.cli import output
 from fedcore.cli.client import ConfigError, GatewayUnreachable, Refused
 from fedcore.cli.common import group, json_parent
-from fedcore.rotation import reseal_ca_keys, reseal_connection_keys
-from fedcore.sealing import Sealer, SealingError
+
+if TYPE_CHECKING:
+    from fedcore.sealing import Sealer
 
 
 def _sealer(current_var: str, previous_var: str) -> Sealer | None:
+    from fedcore.sealing import Sealer
+
     current = os.environ.get(current_var)
     if not current:
         return None
@@ -43,6 +43,13 @@ def _sealer(current_var: str, previous_var: str) -> Sealer | None:
 
 
 def rotate(database_url: str) -> dict[str, Any]:
+    # Imported here so other `mosaic` commands start without SQLAlchemy.
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from fedcore.rotation import reseal_ca_keys, reseal_connection_keys
+    from fedcore.sealing import SealingError
+
     if not database_url.startswith("postgresql+psycopg://"):
         raise ConfigError("--database-url must start with postgresql+psycopg://")
     gateway = _sealer("MOSAIC_GATEWAY_SECRET", "MOSAIC_PREVIOUS_GATEWAY_SECRETS")
