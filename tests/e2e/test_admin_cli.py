@@ -342,10 +342,19 @@ def test_an_unreachable_admin_api_exits_3() -> None:
     assert "x" * 1 not in result.stderr.split("(")[-1]  # the token is not echoed
 
 
-def test_peer_add_is_registered_but_not_yet_available() -> None:
-    result = mosaic("federation", "peer", "add", "https://a.example/x#ca_fp=00", env=_env(None))
-    assert result.returncode == 2
-    assert "error: not_available:" in result.stderr
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://a.example/x#ca_fp=" + "0" * 64,  # not an enrollment path
+        "http://a.example/api/federation/v1/enrollment/" + "a" * 64,  # not https
+        "https://a.example/api/federation/v1/enrollment/" + "a" * 64 + "#ca_fp=00",  # bad pin
+    ],
+)
+def test_peer_add_refuses_a_malformed_enrollment_url_before_any_call(url: str) -> None:
+    env = _env(None, MOSAIC_ADMIN_URL="http://127.0.0.1:9", MOSAIC_ADMIN_TOKEN="x" * 64)
+    result = mosaic("federation", "peer", "add", url, env=env)
+    assert result.returncode == 2, result.stderr
+    assert "error:" in result.stderr
 
 
 def test_state_file_supplies_what_flags_and_env_do_not(tmp_path: Path) -> None:
