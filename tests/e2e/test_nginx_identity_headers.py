@@ -77,8 +77,8 @@ def front_door() -> Iterator[FrontDoor]:
             "PROXY_SECRET": PROXY_SECRET,
             "ENROLLMENT_RATE": "100r/s",
             "ENROLLMENT_BURST": "100",
-            "VERBS_RATE": "100r/s",
-            "VERBS_BURST": "100",
+            "VERBS_RATE": "10r/s",
+            "VERBS_BURST": "5",
             "PUBLIC_MAX_BODY": "64k",
             "ADMIN_MAX_BODY": "1m",
         }
@@ -210,3 +210,27 @@ def test_malformed_requests_get_the_json_envelope_too(front_door: FrontDoor, raw
     assert status_line.startswith(b"HTTP/1.1 400"), status_line
     body = json.loads(rest.split(b"\r\n\r\n", 1)[1])
     assert body["error"]["code"] == "bad_request"
+
+
+def test_verbs_are_rate_limited_per_client_certificate_with_json_429(
+    front_door: FrontDoor,
+) -> None:
+    """limit_req keyed by the client certificate's serial (10 r/s, burst 5 here): one peer
+    going faster gets JSON 429 with Retry-After; another peer's certificate is not slowed."""
+
+    def run(identity: ClientIdentity, count: int) -> list[httpx.Response]:
+        cert, key = identity.write(front_door.workdir, f"rl-{identity.cert.serial_number}")
+        context = ssl.create_default_context(cafile=str(front_door.workdir / "pki" / "ca.pem"))
+        context.load_cert_chain(cert, key)
+        with httpx.Client(
+            base_url=f"https://{HOST}:{PUBLIC_PORT}", verify=context, timeout=10
+        ) as client:
+            return [client.post("/api/federation/v1/list/tasks", json={}) for _ in range(count)]
+
+    noisy = run(front_door.client, 40)  # one keep-alive connection, as fast as it goes
+    limited = [r for r in noisy if r.status_code == 429]
+    assert limited, "no request was rate limited"
+    assert limited[0].json()["error"]["code"] == "rate_limited"
+    assert limited[0].headers["retry-after"] == "1"
+    quiet = run(issue_client(front_door.hierarchy, peer_name="quiet"), 5)
+    assert [r.status_code for r in quiet] == [200] * 5
