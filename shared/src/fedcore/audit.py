@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from dataclasses import dataclass
+from typing import cast
 
-from sqlalchemy import insert
+from sqlalchemy import Table, insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fedcore.models import ActorType, AuditOutcome, FederationAuditLog
@@ -40,13 +41,17 @@ class AuditEvent:
         return dataclasses.replace(self, outcome=outcome, reason_code=reason_code, **changes)  # type: ignore[arg-type]
 
 
+# A Core insert on the table, built once, values as parameters: the ORM-enabled insert of the
+# mapped class (and dataclasses.asdict's deep copies) cost ~1 ms per row on the verbs' hot path.
+_AUDIT_INSERT = insert(cast(Table, FederationAuditLog.__table__))
+_EVENT_FIELDS = tuple(f.name for f in dataclasses.fields(AuditEvent))
+
+
 async def write_audit(session: AsyncSession, event: AuditEvent) -> None:
     """Add an audit row to ``session`` (committed with the caller's transaction)."""
-    await session.execute(
-        insert(FederationAuditLog).values(
-            request_id=current_request_id(), **dataclasses.asdict(event)
-        )
-    )
+    values = {name: getattr(event, name) for name in _EVENT_FIELDS}
+    values["request_id"] = current_request_id()
+    await session.execute(_AUDIT_INSERT, values)
 
 
 async def write_audit_now(
