@@ -1,0 +1,162 @@
+"""The bench's *bare* endpoint: the physical limit the verbs are measured against.
+
+Same framework and server settings as the services (FastAPI on uvicorn with uvloop + httptools,
+one process), same nginx location rules in front (mTLS, identity headers, rate-limit zone), and
+the same SQL the verbs send for the answer itself — but nothing else: no proxy-secret check, no
+certificate re-verification, no grant/peer/membership read, no scope evaluation, no audit row,
+no SQLAlchemy. Raw psycopg pool + orjson. Bench-only: never shipped in the services.
+
+    python -m tests.bench.bare_app        (configured by BENCH_BARE_* environment variables)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+import uvicorn
+from fastapi import FastAPI, Request, Response
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+PREFIX = "/bench-bare"
+COLUMNS = "id, title, body, status, owner_user_id, team_id, created_at, updated_at"
+
+
+def _visibility(team_count: int) -> str:
+    personal = "(owner_user_id = %(user)s AND team_id IS NULL)"
+    if not team_count:
+        return personal
+    teams = ", ".join(f"%(team{i})s" for i in range(team_count))
+    return f"({personal} OR team_id IN ({teams}))"
+
+
+def create_app(
+    conninfo: str,
+    user_id: uuid.UUID,
+    team_ids: list[uuid.UUID],
+    grant_id: uuid.UUID,
+    source: str,
+    limit: int,
+    pool_size: int = 10,
+) -> FastAPI:
+    params: dict[str, Any] = {"user": user_id, "limit": limit + 1, "grant": grant_id}
+    params.update({f"team{i}": t for i, t in enumerate(team_ids)})
+    visible = _visibility(len(team_ids))
+    # Only fixed column lists and numbered placeholders are interpolated; values are parameters.
+    list_sql = f"SELECT {COLUMNS} FROM tasks WHERE {visible} ORDER BY id LIMIT %(limit)s"  # noqa: S608
+    search_sql = (
+        f"SELECT {COLUMNS} FROM tasks WHERE {visible} "  # noqa: S608
+        "AND search_vector @@ plainto_tsquery('simple', %(query)s) ORDER BY id LIMIT %(limit)s"
+    )
+    get_sql = f"SELECT {COLUMNS} FROM tasks WHERE id = %(id)s AND {visible}"  # noqa: S608
+    capabilities_sql = "SELECT scope, expires_at FROM federation_grants WHERE id = %(grant)s"
+    pool = AsyncConnectionPool(
+        conninfo,
+        min_size=pool_size,
+        max_size=pool_size * 2,
+        open=False,
+        kwargs={"autocommit": True},
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await pool.open(wait=True)
+        try:
+            yield
+        finally:
+            await pool.close()
+
+    app = FastAPI(lifespan=lifespan)
+
+    def answer(body: Any, status: int = 200) -> Response:
+        return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+    async def rows(sql: str, extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        async with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(sql, {**params, **(extra or {})})
+            return await cur.fetchall()
+
+    def page(found: list[dict[str, Any]]) -> Response:
+        items = found[:limit]
+        for item in items:
+            item["_source"] = source
+        truncated = len(found) > limit
+        return answer({"items": items, "next_cursor": None, "truncated": truncated})
+
+    @app.get(f"{PREFIX}/capabilities")
+    async def capabilities() -> Response:
+        found = await rows(capabilities_sql)
+        scope = found[0]["scope"]
+        return answer(
+            {
+                "resources": scope["resources"],
+                "excluded_resources": scope["excluded_resources"],
+                "max_rows_per_query": scope["max_rows_per_query"],
+                "supported_verbs": ["capabilities", "list", "get", "search"],
+                "grant_id": grant_id,
+                "subject_user_id": user_id,
+                "expires_at": found[0]["expires_at"],
+            }
+        )
+
+    @app.post(f"{PREFIX}/list/tasks")
+    async def list_tasks(request: Request) -> Response:
+        body = await request.body()
+        if body:
+            orjson.loads(body)
+        return page(await rows(list_sql))
+
+    @app.post(f"{PREFIX}/search/tasks")
+    async def search_tasks(request: Request) -> Response:
+        query = orjson.loads(await request.body())["query"]
+        return page(await rows(search_sql, {"query": query}))
+
+    @app.post(PREFIX + "/get/tasks/{row_id}")
+    async def get_task(row_id: uuid.UUID) -> Response:
+        found = await rows(get_sql, {"id": row_id})
+        if not found:
+            return answer({"error": {"code": "not_found"}}, 404)
+        found[0]["_source"] = source
+        return answer({"item": found[0]})
+
+    @app.get(f"{PREFIX}/readyz")
+    async def readyz() -> Response:
+        await rows("SELECT 1 AS ok")
+        return answer({"status": "ok"})
+
+    return app
+
+
+def main() -> None:
+    env = os.environ
+    app = create_app(
+        conninfo=env["BENCH_BARE_CONNINFO"],
+        user_id=uuid.UUID(env["BENCH_BARE_USER_ID"]),
+        team_ids=[uuid.UUID(t) for t in json.loads(env["BENCH_BARE_TEAM_IDS"])],
+        grant_id=uuid.UUID(env["BENCH_BARE_GRANT_ID"]),
+        source=env["BENCH_BARE_SOURCE"],
+        limit=int(env["BENCH_BARE_LIMIT"]),
+        pool_size=int(env.get("BENCH_BARE_POOL_SIZE", "10")),
+    )
+    uvicorn.run(
+        app,
+        host=env["BENCH_BARE_HOST"],
+        port=int(env["BENCH_BARE_PORT"]),
+        log_config=None,
+        access_log=False,
+        proxy_headers=False,
+        server_header=False,
+        loop="uvloop",
+        http="httptools",
+        timeout_keep_alive=75,
+    )
+
+
+if __name__ == "__main__":
+    main()
