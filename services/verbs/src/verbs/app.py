@@ -1,13 +1,20 @@
-"""The verbs service app: inbound verbs (mTLS via nginx); the outbound local query API joins it
-in the fan-out issue."""
+"""The verbs service app: inbound verbs (mTLS via nginx, ``/api/federation/v1``) and the
+outbound local query API with the fan-out (admin listener, ``/api/local/v1``)."""
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI
 
 from fedcore.appkit import create_service_app
 from fedcore.client_cert import ForwardedCertVerifier
+from fedcore.federation_client import ClientTimeouts, FederationClientPool
 from verbs.auth import InboundAuthenticator
+from verbs.circuit import CircuitBreakers
+from verbs.fanout import FanOut
+from verbs.local_routes import local_router
+from verbs.local_service import LocalQueryService
 from verbs.routes import router
 from verbs.service import VerbService
 from verbs.settings import Settings
@@ -16,7 +23,7 @@ from verbs.settings import Settings
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()  # read from the environment
 
-    async def on_startup(app: FastAPI) -> None:
+    async def on_startup(app: FastAPI) -> Callable[[], Awaitable[None]]:
         verifier = ForwardedCertVerifier.from_bundle_file(
             settings.ca_bundle_path, settings.cert_cache_size
         )
@@ -29,11 +36,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             policy=settings.scope_policy(),
             source_name=settings.source_name,
         )
+        pool = FederationClientPool(
+            settings.secrets.sealer(),
+            timeouts=ClientTimeouts(
+                connect=settings.peer_connect_timeout_seconds,
+                read=settings.peer_read_timeout_seconds,
+                write=settings.peer_read_timeout_seconds,
+                pool=settings.peer_connect_timeout_seconds,
+            ),
+            max_response_bytes=settings.peer_max_response_bytes,
+        )
+        breakers = CircuitBreakers(
+            settings.circuit_failure_threshold, settings.circuit_cooldown_seconds
+        )
+        app.state.local_query_service = LocalQueryService(
+            sessionmaker=app.state.sessionmaker,
+            fanout=FanOut(pool, breakers, settings.fanout_source_timeout_seconds),
+            pool=pool,
+            source_name=settings.source_name,
+            default_limit=settings.fanout_default_limit,
+            max_limit=settings.max_rows_cap,
+        )
+        return pool.aclose
 
     return create_service_app(
         title="mosaic-verbs",
         settings=settings,
-        routers=[router],
+        routers=[router, local_router],
         on_startup=on_startup,
         # A trailing slash must not redirect a peer to a Host header it chose.
         redirect_slashes=False,

@@ -26,6 +26,21 @@ class Settings(ServiceSettings):
     allow_hard_denied: bool = False
     cert_cache_size: int = Field(default=4096, ge=1)
 
+    # The outbound side: local query API and fan-out (docs/fanout.md).
+    fanout_source_timeout_seconds: float = Field(
+        default=2.5, gt=0, le=60, description="each source of a local query answers within this"
+    )
+    fanout_default_limit: int = Field(default=100, ge=1, le=ABSOLUTE_MAX_ROWS)
+    peer_connect_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    peer_read_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    peer_max_response_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    circuit_failure_threshold: int = Field(
+        default=3, ge=1, le=1000, description="consecutive failures that open a circuit"
+    )
+    circuit_cooldown_seconds: float = Field(
+        default=30.0, gt=0, le=3600, description="an open circuit lets one probe through after"
+    )
+
     @property
     def source_name(self) -> str:
         return self.public_name or self.gateway_name
