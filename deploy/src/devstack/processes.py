@@ -87,6 +87,7 @@ def spawn(
 def stop(record: ProcessRecord, sig: int = signal.SIGTERM, timeout: float = 15.0) -> bool:
     """Stop a recorded process if it is still the one we started. Returns True if it was."""
     if not record.is_alive():
+        _reap(record.pid)  # it may have died on its own: collect it so no zombie lingers
         return False
     os.kill(record.pid, sig)
     deadline = time.monotonic() + timeout
