@@ -1,4 +1,5 @@
-"""``python -m devstack up|down|status [--gateways N]``: the native launcher."""
+"""``python -m devstack up|down|status [--gateways N]``: the native launcher.
+``python -m devstack demo``: two gateways and the federation story, narrated (``make demo``)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from devstack import stack
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="devstack", description=__doc__)
-    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("command", choices=["up", "down", "status", "demo"])
     parser.add_argument(
         "--gateways", type=int, default=int(os.environ.get("GATEWAYS", "1")), choices=range(1, 9)
     )
@@ -29,6 +30,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     state_root: Path = args.state_root.resolve()
+    if args.command == "demo":
+        from devstack.demo import run_demo
+
+        raise SystemExit(run_demo(state_root, args.first_host))
     specs = stack.gateway_specs(args.gateways, state_root, args.first_host)
     if args.command == "down":
         # Stop every gateway that has state, not only the first N: `make down` after
