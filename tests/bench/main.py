@@ -341,9 +341,11 @@ def run_profile(run: Run, load: Load, pairs: dict[str, tuple[Request, Request]])
     summary = profile.summarize(raw)
     summary["load_rps_while_profiling"] = round(result.rps, 1)
     run.results["profile"] = summary
-    kept = REPO_ROOT / "bench" / "verbs-profile.txt"
+    # The collapsed stacks, kept beside results.json (git-ignored like it): [stack, samples].
+    stacks = [line.rpartition(" ") for line in raw.read_text(errors="replace").splitlines()]
+    kept = REPO_ROOT / "bench" / "results-verbs-profile.json"
     kept.parent.mkdir(exist_ok=True)
-    shutil.copyfile(raw, kept)
+    kept.write_text(json.dumps([[st, int(n)] for st, _, n in stacks if n.isdigit()]) + "\n")
     print(profile.render(summary), flush=True)
 
 
