@@ -144,3 +144,29 @@ def test_a_used_token_fails_cleanly_on_b(
     )
     refused(again, "token_used")
     assert _connections(gateway_b) == before  # the pending connection was removed
+
+
+def test_a_bundle_with_a_foreign_root_behind_the_genuine_one_is_refused(
+    gateway_a: Gateway, gateway_b: Gateway, tmp_path: Path
+) -> None:
+    """The attack from the review: A's real root first (so a first-root pin check passes), an
+    attacker's root behind it. The pin must vouch for the whole trust set."""
+    from fedcore import pki
+
+    grant, token = _grant_with_token(gateway_a, tmp_path)
+    before = _connections(gateway_b)
+    poisoned = tmp_path / "poisoned.pem"
+    foreign = pki.generate_ca_hierarchy("attacker")
+    poisoned.write_text(Path(gateway_a.ca_bundle).read_text() + pki.cert_pem(foreign.root_cert))
+    result = mosaic(
+        "federation",
+        "peer",
+        "add",
+        token["enrollment_url"],
+        "--ca-file",
+        str(poisoned),
+        gateway=gateway_b,
+    )
+    refused(result, "ca_pin_mismatch")
+    assert _connections(gateway_b) == before
+    assert _grant_state(gateway_a, grant["id"]) == ("pending", 0)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -67,6 +68,39 @@ def bundle_root_fingerprint(bundle_pem: bytes | str) -> str:
     certificates = load_pem_chain(bundle_pem)
     roots = [c for c in certificates if c.subject == c.issuer]
     return fingerprint_sha256((roots or certificates)[0])
+
+
+class PinMismatch(ValueError):
+    """A CA bundle does not hold exactly the pinned root (and what chains to it)."""
+
+
+def pinned_bundle(bundle_pem: bytes | str, pin: str) -> str:
+    """The part of a CA bundle a pin vouches for: the one self-signed certificate whose SHA-256
+    (DER) is ``pin``, plus the certificates it directly issued. A bundle holding any *other*
+    self-signed certificate is refused: a pin must identify the whole trust set, or an attacker
+    could append their own root behind the genuine one (it would pass a first-root check and then
+    be trusted for TLS and chain verification alike)."""
+    try:
+        certificates = load_pem_chain(bundle_pem)
+    except ValueError:
+        raise PinMismatch("the CA bundle does not parse") from None
+    roots = [c for c in certificates if c.subject == c.issuer]
+    pinned = [c for c in roots if fingerprint_sha256(c) == pin]
+    if len(pinned) != 1 or len(roots) != 1:
+        raise PinMismatch("the CA bundle is not exactly the pinned root")
+    root = pinned[0]
+    kept = [root]
+    for cert in certificates:
+        if cert is root:
+            continue
+        try:
+            cert.verify_directly_issued_by(root)
+        except (ValueError, TypeError, InvalidSignature):
+            raise PinMismatch(
+                "the CA bundle holds a certificate the pinned root did not issue"
+            ) from None
+        kept.append(cert)
+    return "".join(cert_pem(c) for c in kept)
 
 
 def serial_hex(cert: x509.Certificate) -> str:

@@ -69,20 +69,24 @@ def default_connection_name(enrollment: EnrollmentUrl) -> str:
 def _pinned_bundle(
     enrollment: EnrollmentUrl, ca_file_pem: str | None, timeout: float
 ) -> tuple[str, str]:
-    """(bundle PEM, pin) — the bundle A's TLS server must chain to."""
+    """(bundle PEM, pin): exactly the pinned root and what it issued — nothing else is trusted
+    for A's TLS server or for the returned certificate."""
     if ca_file_pem is not None:
-        pin = pki.bundle_root_fingerprint(ca_file_pem)
-        if enrollment.ca_fingerprint and pin != enrollment.ca_fingerprint:
-            raise Refused("ca_pin_mismatch", "--ca-file does not match the URL's ca_fp pin")
-        return ca_file_pem, pin
+        try:
+            pin = enrollment.ca_fingerprint or pki.bundle_root_fingerprint(ca_file_pem)
+            return pki.pinned_bundle(ca_file_pem, pin), pin
+        except pki.PinMismatch as exc:
+            raise Refused("ca_pin_mismatch", f"--ca-file: {exc}") from None
+        except (ValueError, IndexError):
+            raise ConfigError("--ca-file is not a PEM CA bundle") from None
     if enrollment.ca_fingerprint is None:
         raise ConfigError(
             "no CA pin: the enrollment URL has no #ca_fp=… and no --ca-file was given "
             "(trust on first use is not accepted)"
         )
     try:
-        # Unverified download, verified content: the bundle is accepted only if its root's
-        # fingerprint is the pin that came with the URL.
+        # Unverified download, verified content: what is kept is exactly the certificate the
+        # pin names (and what it issued); anything else in the answer makes it a refusal.
         response = httpx.get(
             f"{enrollment.base_url}/pki/ca.pem",
             verify=False,  # noqa: S501 - the content is checked against the pin below
@@ -97,12 +101,11 @@ def _pinned_bundle(
             "ca_bundle_unavailable", f"the peer's /pki/ca.pem answered {response.status_code}"
         )
     try:
-        pin = pki.bundle_root_fingerprint(response.text)
-    except (ValueError, IndexError):
-        raise Refused("ca_bundle_invalid", "the peer's CA bundle does not parse") from None
-    if pin != enrollment.ca_fingerprint:
-        raise Refused("ca_pin_mismatch", "the peer's CA bundle does not match the URL's pin")
-    return response.text, pin
+        return pki.pinned_bundle(
+            response.text, enrollment.ca_fingerprint
+        ), enrollment.ca_fingerprint
+    except pki.PinMismatch as exc:
+        raise Refused("ca_pin_mismatch", f"the peer's CA bundle: {exc}") from None
 
 
 def _redeem(
@@ -152,8 +155,11 @@ def peer_add(
     connection_id = keypair["connection_id"]
     try:
         issued = _redeem(enrollment, bundle_pem, keypair["csr_pem"], timeout)
-        if pki.bundle_root_fingerprint(issued["ca_bundle_pem"]) != pin:
-            raise Refused("ca_pin_mismatch", "the returned CA bundle does not match the pin")
+        try:
+            # What B stores (and later trusts for every call to A) is only the pinned set.
+            issued["ca_bundle_pem"] = pki.pinned_bundle(issued["ca_bundle_pem"], pin)
+        except pki.PinMismatch as exc:
+            raise Refused("ca_pin_mismatch", f"the returned CA bundle: {exc}") from None
         stored: dict[str, Any] = api.request(
             "PATCH",
             f"/api/admin/federation/peers/{connection_id}/cert",
