@@ -159,11 +159,21 @@ async def test_expired_token_is_refused_and_stays_unused(gateway_a: Gateway) -> 
     assert _audit(gateway_a, fx) == [("denied", "token_expired")]
 
 
-@pytest.mark.parametrize("token", ["0" * 64, "not-a-token", "A" * 64])
+@pytest.mark.parametrize("token", ["0" * 64, "not-a-token", "A" * 64, "%E2%80%AEevil%0AX"])
 async def test_unknown_token_is_404(gateway_a: Gateway, token: str) -> None:
     response = await _redeem(gateway_a, token)
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "token_unknown"
+    actors = {
+        actor
+        for (actor,) in fetch_all(
+            gateway_a.database_url,
+            "SELECT actor_id FROM federation_audit_log WHERE action = 'enrollment.redeem' "
+            "AND reason_code = 'token_unknown'",
+        )
+    }
+    # Only a well-formed token's 8-character prefix is stored, never the caller's raw text.
+    assert actors <= {"token:00000000", "token:malformed"}
 
 
 async def test_grant_revoked_before_redemption_is_409_and_token_stays_unused(

@@ -11,6 +11,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -18,6 +19,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from fedcore.errors import UpstreamUnavailable
 from fedcore.settings import PostgresSettings
 
 
@@ -30,7 +32,12 @@ def create_engine(settings: PostgresSettings) -> AsyncEngine:
         connect_args={
             "connect_timeout": max(1, int(settings.connect_timeout_seconds)),
             # No request can hold a connection with a runaway query.
-            "options": f"-c statement_timeout={settings.statement_timeout_ms}",
+            # A lock wait gives up before any HTTP timeout of a caller (e.g. enrollment's call
+            # to the broker), so a lock cycle across services ends as a clean, retryable error.
+            "options": (
+                f"-c statement_timeout={settings.statement_timeout_ms} "
+                f"-c lock_timeout={settings.lock_timeout_ms}"
+            ),
         },
     )
 
@@ -65,3 +72,24 @@ async def unit_of_work(request: Request) -> AsyncIterator[AsyncSession]:
 # scope FastAPI sends the answer first, so a failed commit would follow a 2xx the client already
 # has (e.g. a certificate the CA never recorded).
 SessionDep = Annotated[AsyncSession, Depends(unit_of_work, scope="function")]
+
+
+# SQLSTATEs of contention: deadlock detected, lock not available, statement/lock timeout.
+_CONTENTION_SQLSTATES = frozenset({"40P01", "55P03", "57014", "40001"})
+
+
+class DatabaseBusy(UpstreamUnavailable):
+    default_code = "database_busy"
+
+    def headers(self) -> dict[str, str] | None:
+        return {"Retry-After": "1"}
+
+
+def contention_error(exc: BaseException) -> DatabaseBusy | None:
+    """A retryable domain error for lock contention (so it is answered and audited like any
+    refusal), or None for anything else."""
+    if isinstance(exc, DBAPIError):
+        sqlstate = getattr(exc.orig, "sqlstate", None)
+        if sqlstate in _CONTENTION_SQLSTATES:
+            return DatabaseBusy("the database is busy; retry shortly")
+    return None

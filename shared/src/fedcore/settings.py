@@ -55,6 +55,9 @@ class PostgresSettings(BaseModel):
     url: SecretStr = Field(description="SQLAlchemy URL, postgresql+psycopg://user:pw@host:port/db")
     pool_size: int = Field(default=10, ge=1, le=200)
     connect_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    lock_timeout_ms: int = Field(
+        default=5_000, ge=100, le=600_000, description="give up waiting for a row lock after this"
+    )
     statement_timeout_ms: int = Field(
         default=10_000, ge=100, le=600_000, description="server-side cap on any one statement"
     )

@@ -21,13 +21,33 @@ class EnrollmentTokenRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def lock_by_hash(self, token_hash: str) -> FederationEnrollmentToken | None:
-        """SELECT … FOR UPDATE: concurrent redemptions of one token queue here, and each one
-        after the first sees ``used_at`` set."""
+    async def find_by_hash(self, token_hash: str) -> FederationEnrollmentToken | None:
+        """Unlocked lookup: which grant and peer to lock, in the gateway's one lock order."""
+        result = await self.session.execute(
+            select(FederationEnrollmentToken).where(
+                FederationEnrollmentToken.token_hash == token_hash
+            )
+        )
+        return result.scalar_one_or_none()
+
+    async def lock_token(self, token_id: uuid.UUID) -> FederationEnrollmentToken:
+        """SELECT … FOR UPDATE, *after* peer and grant: concurrent redemptions of one token queue
+        here, and each one after the first sees ``used_at`` set."""
         result = await self.session.execute(
             select(FederationEnrollmentToken)
-            .where(FederationEnrollmentToken.token_hash == token_hash)
+            .where(FederationEnrollmentToken.id == token_id)
             .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        return result.scalar_one()
+
+    async def lock_peer(self, peer_id: uuid.UUID) -> FederationPeer | None:
+        # Lock order everywhere: peer, then grant, then token (grants' revoke paths use it too).
+        # FOR NO KEY UPDATE leaves the broker's foreign-key checks (FOR KEY SHARE) unblocked.
+        result = await self.session.execute(
+            select(FederationPeer)
+            .where(FederationPeer.id == peer_id)
+            .with_for_update(key_share=True)
         )
         return result.scalar_one_or_none()
 
@@ -41,9 +61,6 @@ class EnrollmentTokenRepository:
             .with_for_update(key_share=True)
         )
         return result.scalar_one_or_none()
-
-    async def peer(self, peer_id: uuid.UUID) -> FederationPeer | None:
-        return await self.session.get(FederationPeer, peer_id)
 
     async def mark_used(self, token_id: uuid.UUID, now: datetime) -> bool:
         result = await self.session.execute(

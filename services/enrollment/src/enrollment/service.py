@@ -22,6 +22,7 @@ from fedcore import pki
 from fedcore.audit import AuditEvent, write_audit, write_audit_now
 from fedcore.broker_client import CaBrokerClient
 from fedcore.csr import validate_csr
+from fedcore.db import contention_error
 from fedcore.errors import Conflict, DomainError, Gone, NotFound
 from fedcore.models import ActorType, AuditOutcome, GrantStatus, PeerState
 from fedcore.tokens import hash_token, log_prefix
@@ -41,7 +42,13 @@ class EnrollmentService:
     ) -> EnrollmentResponse:
         known = _KnownSoFar()
         try:
-            return await self._redeem(session, token, body, known)
+            try:
+                return await self._redeem(session, token, body, known)
+            except Exception as exc:
+                busy = contention_error(exc)
+                if busy is None:
+                    raise
+                raise busy from None
         except DomainError as refusal:
             await session.rollback()
             outcome = AuditOutcome.ERROR if refusal.status_code >= 500 else AuditOutcome.DENIED
@@ -61,10 +68,13 @@ class EnrollmentService:
         if not _TOKEN_SHAPE.match(token):
             raise NotFound("unknown enrollment token", code="token_unknown")
         repo = EnrollmentTokenRepository(session)
-        record = await repo.lock_by_hash(hash_token(token))
-        if record is None:
+        found = await repo.find_by_hash(hash_token(token))
+        if found is None:
             raise NotFound("unknown enrollment token", code="token_unknown")
-        known.grant_id, known.peer_id = record.grant_id, record.peer_id
+        known.grant_id, known.peer_id = found.grant_id, found.peer_id
+        peer = await repo.lock_peer(found.peer_id)
+        grant = await repo.lock_grant(found.grant_id)
+        record = await repo.lock_token(found.id)
         now = pki.utcnow()
         if record.used_at is not None:
             raise Gone("enrollment token already used", code="token_used")
@@ -73,7 +83,6 @@ class EnrollmentService:
         if record.expires_at <= now:
             raise Gone("enrollment token expired", code="token_expired")
 
-        grant = await repo.lock_grant(record.grant_id)
         if grant is None or grant.status != GrantStatus.PENDING:
             raise Conflict("the grant is not awaiting enrollment", code="grant_not_pending")
         known.subject_user_id = grant.subject_user_id
@@ -81,7 +90,6 @@ class EnrollmentService:
             raise Conflict("the grant has expired", code="grant_not_pending")
         if grant.peer_id != record.peer_id:  # tokens are minted per grant+peer; belt and braces
             raise Conflict("token and grant disagree on the peer", code="grant_not_pending")
-        peer = await repo.peer(record.peer_id)
         if peer is None or peer.state not in (PeerState.PENDING, PeerState.ACTIVE):
             raise Conflict("the peer may not enroll", code="peer_not_enrollable")
 
@@ -154,7 +162,10 @@ class _KnownSoFar:
     ) -> AuditEvent:
         return AuditEvent(
             actor_type=ActorType.ENROLLMENT,
-            actor_id=f"token:{log_prefix(token)}",
+            # Only a well-formed token's prefix is stored: the path is the caller's text.
+            actor_id=f"token:{log_prefix(token)}"
+            if _TOKEN_SHAPE.match(token)
+            else "token:malformed",
             action="enrollment.redeem",
             outcome=outcome,
             reason_code=reason_code,
