@@ -127,6 +127,15 @@ def test_access_log_redacts_the_enrollment_token(gateway_a: Gateway) -> None:
         client.post(f"/api/federation/v1/enrollment/{token}", json={"csr_pem": "x"})
         # percent-encoded path: still the enrollment location, still redacted
         client.post(f"/api/federation/v1/%65nrollment/{token}", json={"csr_pem": "x"})
+        # answered by an error page (413, 403) or spelled oddly: the server-level log redacts
+        client.post(
+            f"/api/federation/v1/%65nrollment/{token}",
+            content=b"x" * 200_000,
+            headers={"content-type": "application/json"},
+        )
+        client.get(f"/api/federation/v1/%65nrollment/{token}")
+        client.post(f"//api/federation/v1/enrollment/{token}", json={"csr_pem": "x"})
+        client.post(f"/x/../api/federation/v1/enrollment/{token}", json={"csr_pem": "x"})
     logs = gateway_a.spec.log_dir / "nginx"
     text = "".join(p.read_text(errors="replace") for p in logs.glob("*.log"))
     assert "/api/federation/v1/enrollment/ffffffff[redacted]" in text
