@@ -162,6 +162,7 @@ def service_environment(spec: GatewaySpec, secret: dict[str, str], service: str)
             env[f"{prefix}CA_BUNDLE_PATH"] = str(spec.pki_dir / "ca.pem")
     elif service == "verbs":
         env[f"{prefix}CA_BUNDLE_PATH"] = str(spec.pki_dir / "client-ca.pem")
+        env[f"{prefix}CA_BROKER_URL"] = broker_url  # renewal: POST /api/federation/v1/renew
     return env
 
 

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from fastapi import FastAPI
 
 from fedcore.appkit import create_service_app
+from fedcore.broker_client import CaBrokerClient
 from fedcore.client_cert import ForwardedCertVerifier
 from fedcore.federation_client import ClientTimeouts, FederationClientPool
 from verbs.auth import InboundAuthenticator
@@ -15,6 +16,7 @@ from verbs.circuit import CircuitBreakers
 from verbs.fanout import FanOut
 from verbs.local_routes import local_router
 from verbs.local_service import LocalQueryService
+from verbs.renewal import Renewer
 from verbs.routes import router
 from verbs.service import VerbService
 from verbs.settings import Settings
@@ -57,7 +59,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             default_limit=settings.fanout_default_limit,
             max_limit=settings.max_rows_cap,
         )
-        return pool.aclose
+        broker = CaBrokerClient(
+            settings.ca_broker_url,
+            settings.secrets.service_token.get_secret_value(),
+            timeout=settings.ca_broker_timeout_seconds,
+        )
+        app.state.renewer = Renewer(broker, settings.max_live_certificates_per_grant)
+
+        async def cleanup() -> None:
+            await pool.aclose()
+            await broker.aclose()
+
+        return cleanup
 
     return create_service_app(
         title="mosaic-verbs",

@@ -12,7 +12,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, Table, and_, bindparam, false, func, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    Table,
+    and_,
+    bindparam,
+    false,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fedcore.models import (
@@ -324,3 +335,54 @@ async def active_connections(session: AsyncSession) -> list[Any]:
 async def connection_by_name(session: AsyncSession, name: str) -> Any | None:
     result = await session.execute(select(CONNECTIONS).where(CONNECTIONS.c.name == name))
     return result.first()
+
+
+# ------------------------------------------------------------------------------ renewal
+
+
+async def lock_grant(session: AsyncSession, grant_id: uuid.UUID) -> None:
+    """Serialise renewals of one grant (count, then sign) until this transaction ends.
+
+    ``FOR NO KEY UPDATE``: the broker's certificate insert takes ``FOR KEY SHARE`` on the grant
+    (foreign key) in its own transaction while this one waits for it; ``FOR UPDATE`` would
+    deadlock the two until the statement timeout."""
+    await session.execute(
+        select(GRANTS.c.id).where(GRANTS.c.id == grant_id).with_for_update(key_share=True)
+    )
+
+
+async def live_certificate_count(
+    session: AsyncSession, grant_id: uuid.UUID, peer_id: uuid.UUID, now: datetime
+) -> int:
+    result = await session.execute(
+        select(func.count())
+        .select_from(CERTS)
+        .where(
+            CERTS.c.grant_id == grant_id,
+            CERTS.c.peer_id == peer_id,
+            CERTS.c.revoked_at.is_(None),
+            CERTS.c.not_after > now,
+        )
+    )
+    return int(result.scalar_one())
+
+
+async def record_peer_certificate(
+    session: AsyncSession,
+    peer_id: uuid.UUID,
+    serial: str,
+    fingerprint: str,
+    not_after: datetime,
+    now: datetime,
+) -> None:
+    """The peer's current certificate (what enrollment records, moved on by a renewal)."""
+    await session.execute(
+        update(FederationPeer)
+        .where(FederationPeer.id == peer_id)
+        .values(
+            cert_serial=serial,
+            cert_fingerprint_sha256=fingerprint,
+            cert_not_after=not_after,
+            updated_at=now,
+        )
+    )

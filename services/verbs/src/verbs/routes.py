@@ -15,7 +15,8 @@ from pydantic import BaseModel, ValidationError
 from fedcore.db import SessionDep
 from fedcore.errors import NotFound, Unprocessable
 from fedcore.responses import JsonResponse
-from verbs.schemas import ListRequest, SearchRequest
+from verbs.renewal import Renewer
+from verbs.schemas import ListRequest, RenewRequest, SearchRequest
 from verbs.service import VerbService
 
 router = APIRouter(prefix="/api/federation/v1", default_response_class=JsonResponse)
@@ -93,6 +94,18 @@ async def get_row(
         return await service.get(session, context, resource, row_id)
 
     return JsonResponse(await service.run(request, session, "get", resource, action))
+
+
+@router.post("/renew")
+async def renew(request: Request, session: SessionDep) -> JsonResponse:
+    service = _service(request)
+    renewer: Renewer = request.app.state.renewer
+
+    async def action(context: Any) -> Any:
+        payload = await parse_body(request, RenewRequest, required=True)
+        return await renewer.renew(session, context, payload)
+
+    return JsonResponse(await service.run(request, session, "renew", None, action))
 
 
 @router.api_route(

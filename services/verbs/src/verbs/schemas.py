@@ -33,3 +33,9 @@ class SearchRequest(ListRequest):
 
 class GetRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class RenewRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    csr_pem: str = Field(min_length=1, max_length=16_384)

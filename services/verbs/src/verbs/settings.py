@@ -41,6 +41,16 @@ class Settings(ServiceSettings):
         default=30.0, gt=0, le=3600, description="an open circuit lets one probe through after"
     )
 
+    # Renewal (POST /api/federation/v1/renew): the verbs ask the ca-broker to sign.
+    ca_broker_url: str = Field(default="http://127.0.0.1:9101")
+    ca_broker_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    max_live_certificates_per_grant: int = Field(
+        default=3,
+        ge=2,
+        le=20,
+        description="renewal refused while a grant has this many unexpired, unrevoked certificates",
+    )
+
     @property
     def source_name(self) -> str:
         return self.public_name or self.gateway_name
