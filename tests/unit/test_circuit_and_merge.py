@@ -1,4 +1,5 @@
-"""The per-connection circuit breaker (a fake clock) and the fan-out's merge order."""
+"""The per-connection circuit breaker (a fake clock), the fan-out's merge order and when a
+connection certificate is due for renewal."""
 
 from __future__ import annotations
 
@@ -112,3 +113,21 @@ def test_merge_keeps_source_order_and_reports_failures() -> None:
         ("federated:c", "ok", 1),
     ]
     assert merge(outcomes[:2])["_partial"] is False
+
+
+def test_renewal_is_due_at_two_thirds_of_the_lifetime() -> None:
+    from datetime import timedelta
+
+    from fedcore import pki
+    from grants.renewal import renewal_due
+
+    hierarchy = pki.generate_ca_hierarchy("t")
+    _, cert = pki.issue_server_certificate(
+        hierarchy.intermediate_key, hierarchy.intermediate_cert, ["x"], lifetime=timedelta(hours=24)
+    )
+    pem = pki.cert_pem(cert)
+    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    two_thirds = start + (end - start) * 2 / 3
+    assert not renewal_due(pem, two_thirds - timedelta(seconds=1), 2 / 3)
+    assert renewal_due(pem, two_thirds, 2 / 3)
+    assert renewal_due(pem, end + timedelta(hours=1), 2 / 3)

@@ -16,6 +16,7 @@ the admin CLI's HTTP client, so it is ``fedcore.federation_client``.)
   with jittered exponential backoff.
 * Answers are read with a size cap; a non-2xx answer raises :class:`PeerRefused` carrying the
   peer's error code. No answer is ever written anywhere: the caller gets Python objects.
+* ``renew`` asks the peer for a new certificate (``POST /renew``, not retried: not idempotent).
 * :class:`FederationClientPool` caches one client per connection and drops it when the
   connection's certificate, chain, CA bundle or endpoint changes (or the connection goes away).
 
@@ -278,6 +279,14 @@ class Capabilities:
 
 
 @dataclass(frozen=True)
+class RenewedCertificate:
+    cert_pem: str
+    cert_chain_pem: str
+    serial: str
+    not_after: str
+
+
+@dataclass(frozen=True)
 class Page:
     items: list[dict[str, Any]]
     next_cursor: str | None
@@ -410,6 +419,20 @@ class FederationClient:
         if not isinstance(item, dict):
             raise PeerProtocolError("the peer's answer has no item")
         return item
+
+    async def renew(self, csr_pem: str) -> RenewedCertificate:
+        """A new certificate for the same grant (``POST /renew``). Not idempotent (each call
+        may mint a certificate), so never retried."""
+        body = await self._call("POST", "/renew", {"csr_pem": csr_pem}, idempotent=False)
+        try:
+            return RenewedCertificate(
+                cert_pem=str(body["cert_pem"]),
+                cert_chain_pem=str(body["cert_chain_pem"]),
+                serial=str(body["serial"]),
+                not_after=str(body["not_after"]),
+            )
+        except KeyError:
+            raise PeerProtocolError("the peer's renewal answer does not parse") from None
 
     # -- transport ---------------------------------------------------------------------------
 

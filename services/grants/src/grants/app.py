@@ -1,8 +1,11 @@
 """The grants service app: the admin API (users, teams, peers, grants, tokens, outbound
-connections, audit). The ca-broker client is created in the lifespan, never at import."""
+connections, audit). The ca-broker client and the connection-renewal task are created in the
+lifespan, never at import."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 
 import httpx
@@ -10,6 +13,7 @@ from fastapi import FastAPI
 
 from fedcore.appkit import create_service_app
 from fedcore.broker_client import CaBrokerClient
+from grants.renewal import renewal_loop
 from grants.routes import router
 from grants.settings import Settings
 
@@ -30,7 +34,22 @@ def create_app(
             transport=broker_transport,
         )
         app.state.broker = broker
-        return broker.aclose
+        renewals = (
+            asyncio.get_running_loop().create_task(
+                renewal_loop(app.state.sessionmaker, settings), name="connection-renewal"
+            )
+            if settings.connection_renewal_interval_seconds > 0
+            else None
+        )
+
+        async def cleanup() -> None:
+            if renewals is not None:
+                renewals.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewals
+            await broker.aclose()
+
+        return cleanup
 
     return create_service_app(
         title="mosaic-grants", settings=settings, routers=[router], on_startup=on_startup

@@ -152,6 +152,11 @@ async def show_connection(connection_id: uuid.UUID, session: SessionDep) -> sche
     return await ConnectionService.get(session, connection_id)
 
 
+@router.post("/federation/connections/{connection_id}/renew", tags=["outbound"])
+async def renew_connection(connection_id: uuid.UUID, ctx: Ctx) -> schemas.ConnectionOut:
+    return await ConnectionService.renew(ctx, connection_id)
+
+
 @router.delete("/federation/connections/{connection_id}", status_code=204, tags=["outbound"])
 async def delete_connection(connection_id: uuid.UUID, ctx: Ctx) -> Response:
     await ConnectionService.delete_pending(ctx, connection_id)

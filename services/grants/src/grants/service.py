@@ -65,6 +65,7 @@ from fedcore.scope import GrantScope, check_scope_policy
 from fedcore.sealing import PURPOSE_CONNECTION_KEY
 from fedcore.tokens import hash_token, new_token
 from grants import schemas
+from grants.renewal import renew_connection
 from grants.repository import (
     AuditFilters,
     AuditRepository,
@@ -786,6 +787,19 @@ class ConnectionService:
         return schemas.Page[schemas.ConnectionOut](
             items=[connection_out(c) for c in found.rows], next_cursor=found.next_cursor
         )
+
+    @staticmethod
+    async def renew(ctx: AdminContext, connection_id: uuid.UUID) -> schemas.ConnectionOut:
+        """A new certificate from the peer now (grants.renewal); audited like every action."""
+        async with audited(
+            ctx, "connection.renew", "connection", target_id=str(connection_id)
+        ) as audit:
+            connection = await renew_connection(ctx.session, ctx.settings, connection_id)
+            audit.note(
+                grant_id=connection.remote_grant_id,
+                subject_user_id=connection.remote_subject_user_id,
+            )
+        return connection_out(connection)
 
     @staticmethod
     async def delete_pending(ctx: AdminContext, connection_id: uuid.UUID) -> None:

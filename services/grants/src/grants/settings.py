@@ -38,6 +38,17 @@ class Settings(ServiceSettings):
     enrollment_token_ttl_default: int = Field(
         default=MAX_ENROLLMENT_TOKEN_TTL, ge=1, le=MAX_ENROLLMENT_TOKEN_TTL
     )
+    # Outbound certificate renewal (grants.renewal).
+    connection_renewal_interval_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        le=86_400,
+        description="how often due connections are renewed; 0: never",
+    )
+    connection_renewal_fraction: float = Field(
+        default=2 / 3, gt=0, lt=1, description="renew once this much of the lifetime has passed"
+    )
+    connection_renewal_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
 
     @field_validator("hard_deny_resources")
     @classmethod

@@ -369,6 +369,10 @@ def _connection_show(api: AdminClient, args: argparse.Namespace) -> Any:
     return api.get(f"{CONNECTIONS}/{args.connection_id}")
 
 
+def _connection_renew(api: AdminClient, args: argparse.Namespace) -> Any:
+    return api.post(f"{CONNECTIONS}/{args.connection_id}/renew")
+
+
 def _audit(api: AdminClient, args: argparse.Namespace) -> Any:
     return api.get(
         AUDIT,
@@ -402,6 +406,14 @@ def _register_connections(
         connections, "show", "show one outbound connection", _connection_show, output.print_record
     )
     show.add_argument("connection_id", type=uuid_arg, metavar="CONNECTION_ID")
+    renew = api_command(
+        connections,
+        "renew",
+        "renew the connection's client certificate at the peer now (automatic at 2/3 of its life)",
+        _connection_renew,
+        output.print_record,
+    )
+    renew.add_argument("connection_id", type=uuid_arg, metavar="CONNECTION_ID")
     query.register_connection_commands(connections)
 
 
