@@ -348,11 +348,18 @@ def test_a_connection_that_is_not_active_is_refused(fed: Federation) -> None:
         "VALUES (%s, %s, 'https://127.0.0.1:1', 'pending', '\\x00') RETURNING id",
         (uuid.uuid4(), pending),
     )
-    response = fed.api.post("tasks", {"source": f"federated:{pending}"})
-    assert response.status_code == 409
-    assert response.json()["error"]["code"] == "connection_not_active"
-    answer = fed.api.query("tasks", source="all")
-    assert f"federated:{pending}" not in [s["source"] for s in answer["sources"]]
+    try:
+        response = fed.api.post("tasks", {"source": f"federated:{pending}"})
+        assert response.status_code == 409
+        assert response.json()["error"]["code"] == "connection_not_active"
+        answer = fed.api.query("tasks", source="all")
+        assert f"federated:{pending}" not in [s["source"] for s in answer["sources"]]
+    finally:
+        fetch_all(
+            fed.b.database_url,
+            "DELETE FROM federation_connections WHERE name = %s RETURNING id",
+            (pending,),
+        )
 
 
 def test_the_cli_queries_and_shows_sources(fed: Federation) -> None:

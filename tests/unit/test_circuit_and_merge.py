@@ -81,6 +81,18 @@ def test_a_successful_probe_closes_the_circuit() -> None:
     assert breaker.acquire()
 
 
+def test_a_released_probe_goes_back_without_changing_the_count() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(threshold=1, cooldown_seconds=5, clock=clock)
+    breaker.record_failure("x")
+    clock.now += 5
+    assert breaker.acquire()
+    breaker.release()
+    assert state(breaker) is CircuitState.OPEN
+    assert breaker.consecutive_failures == 1
+    assert breaker.acquire()  # the next caller may probe at once
+
+
 def test_breakers_are_per_connection_and_forgotten_with_it() -> None:
     breakers = CircuitBreakers(threshold=1, cooldown_seconds=5, clock=Clock())
     one, two = uuid.uuid4(), uuid.uuid4()

@@ -69,6 +69,12 @@ class CircuitBreaker:
         self._opened_at = None
         self._opened_wall = None
 
+    def release(self) -> None:
+        """The call said nothing about the peer (e.g. our own row is unusable): a probe goes
+        back, the state is otherwise unchanged."""
+        if self.state is CircuitState.HALF_OPEN:
+            self.state = CircuitState.OPEN
+
     def record_failure(self, code: str) -> None:
         self.consecutive_failures += 1
         self.last_failure_code = code

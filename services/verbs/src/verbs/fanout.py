@@ -127,6 +127,8 @@ class FanOut:
                 breaker.record_success()
             elif outcome.peer_down:
                 breaker.record_failure(outcome.code)
+            elif outcome.code == "connection_unusable":
+                breaker.release()  # about our row, not about the peer
             else:
                 breaker.record_success()  # the peer answered (a refusal is an answer)
             settled = True
