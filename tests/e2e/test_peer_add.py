@@ -98,6 +98,37 @@ def test_no_pin_means_no_enrollment(gateway_a: Gateway, gateway_b: Gateway, tmp_
     assert _grant_state(gateway_a, grant["id"]) == ("pending", 0)
 
 
+def test_the_url_can_come_from_stdin(
+    gateway_a: Gateway, gateway_b: Gateway, tmp_path: Path
+) -> None:
+    import subprocess
+
+    from tests.support.cli import MOSAIC, _env
+
+    grant, token = _grant_with_token(gateway_a, tmp_path)
+    result = subprocess.run(
+        [
+            str(MOSAIC),
+            "federation",
+            "peer",
+            "add",
+            "-",
+            "--name",
+            f"stdin-{uuid.uuid4().hex[:6]}",
+            "--json",
+        ],
+        input=token["enrollment_url"] + "\n",
+        env=_env(gateway_b),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["state"] == "active"
+    assert _grant_state(gateway_a, grant["id"]) == ("active", 1)
+
+
 def test_ca_file_works_without_a_pin(
     gateway_a: Gateway, gateway_b: Gateway, tmp_path: Path
 ) -> None:

@@ -186,7 +186,17 @@ def _other_ca() -> pki.CaHierarchy:
     return pki.generate_ca_hierarchy("mallory")
 
 
-REFUSALS = ["key", "oid", "chain", "grant", "pin", "garbage", "two-certs", "expired"]
+REFUSALS = [
+    "key",
+    "oid",
+    "chain",
+    "grant",
+    "pin",
+    "foreign-root",
+    "garbage",
+    "two-certs",
+    "expired",
+]
 
 
 @pytest.mark.parametrize("case", REFUSALS)
@@ -219,6 +229,16 @@ async def test_a_bad_certificate_is_refused_and_the_connection_stays_pending(
         )
     elif case == "pin":
         body, code = {**body, "expected_ca_fingerprint_sha256": "0" * 64}, "ca_fingerprint_mismatch"
+    elif case == "foreign-root":
+        # The genuine root first (so a first-root pin check passes), another root behind it,
+        # and a certificate from that other CA: the pin must cover the whole trust set.
+        mallory = _other_ca()
+        body = {
+            **_body(mallory, _issue(mallory, key, **ids)),
+            "ca_bundle_pem": body["ca_bundle_pem"] + pki.cert_pem(mallory.root_cert),
+            "expected_ca_fingerprint_sha256": pki.fingerprint_sha256(remote_ca.root_cert),
+        }
+        code = "ca_fingerprint_mismatch"
     elif case == "garbage":
         body, code = (
             {**body, "cert_pem": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"},

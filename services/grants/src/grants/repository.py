@@ -248,7 +248,9 @@ class PeerRepository:
     async def get(self, peer_id: uuid.UUID, *, for_update: bool = False) -> FederationPeer | None:
         statement = select(FederationPeer).where(FederationPeer.id == peer_id)
         if for_update:
-            statement = statement.with_for_update()
+            # FOR NO KEY UPDATE: blocks other writers (lock order peer, grant, token, as in
+            # enrollment) without blocking the broker's foreign-key checks (FOR KEY SHARE).
+            statement = statement.with_for_update(key_share=True)
         return (
             await self.session.execute(statement.execution_options(populate_existing=True))
         ).scalar_one_or_none()
@@ -314,7 +316,7 @@ class GrantRepository:
     async def get(self, grant_id: uuid.UUID, *, for_update: bool = False) -> FederationGrant | None:
         statement = select(FederationGrant).where(FederationGrant.id == grant_id)
         if for_update:
-            statement = statement.with_for_update()
+            statement = statement.with_for_update(key_share=True)  # see PeerRepository.get
         return (
             await self.session.execute(statement.execution_options(populate_existing=True))
         ).scalar_one_or_none()

@@ -706,7 +706,20 @@ class ConnectionService:
                 )
             leaf = leaves[0]
             chain = _load_certificates(body.cert_chain_pem, "cert_chain_pem")
-            roots = _load_certificates(body.ca_bundle_pem, "ca_bundle_pem")
+            _load_certificates(body.ca_bundle_pem, "ca_bundle_pem")  # parses at all
+            # Only the pinned root (and what it issued) is trusted and stored: an extra root in
+            # the bundle would otherwise be trusted for chain checks and for every later call.
+            pin = body.expected_ca_fingerprint_sha256 or pki.bundle_root_fingerprint(
+                body.ca_bundle_pem
+            )
+            try:
+                trusted_bundle = pki.pinned_bundle(body.ca_bundle_pem, pin)
+            except pki.PinMismatch:
+                raise BadRequest(
+                    "the CA bundle does not match the pinned fingerprint",
+                    code="ca_fingerprint_mismatch",
+                ) from None
+            roots = pki.load_pem_chain(trusted_bundle)
             key = pki.load_private_key(
                 ctx.settings.secrets.sealer().unseal(
                     connection.sealed_private_key, purpose=CONNECTION_KEY_PURPOSE
@@ -735,15 +748,7 @@ class ConnectionService:
                     "the certificate names another grant or subject user",
                     code="certificate_identity_mismatch",
                 )
-            ca_fingerprint = pki.bundle_root_fingerprint(body.ca_bundle_pem)
-            if (
-                body.expected_ca_fingerprint_sha256 is not None
-                and body.expected_ca_fingerprint_sha256 != ca_fingerprint
-            ):
-                raise BadRequest(
-                    "the CA bundle does not match the pinned fingerprint",
-                    code="ca_fingerprint_mismatch",
-                )
+            ca_fingerprint = pin
             leaf_fingerprint = pki.fingerprint_sha256(leaf)
             intermediates = [c for c in chain if pki.fingerprint_sha256(c) != leaf_fingerprint]
             try:
@@ -758,7 +763,7 @@ class ConnectionService:
                 {
                     "cert_pem": pki.cert_pem(leaf),
                     "cert_chain_pem": body.cert_chain_pem,
-                    "ca_bundle_pem": body.ca_bundle_pem,
+                    "ca_bundle_pem": trusted_bundle,
                     "ca_fingerprint_sha256": ca_fingerprint,
                     "cert_serial": pki.serial_hex(leaf),
                     "cert_not_after": leaf.not_valid_after_utc,

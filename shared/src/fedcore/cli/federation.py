@@ -6,7 +6,9 @@ Every command calls the admin REST API (docs/admin-api.md); none talks to the da
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -162,7 +164,19 @@ def _peer_add(api: AdminClient, args: argparse.Namespace) -> Any:
             ca_file_pem = Path(args.ca_file).read_text()
         except OSError as exc:
             raise ConfigError(f"cannot read --ca-file: {type(exc).__name__}") from None
-    return peer_add(api, args.enrollment_url, name=args.name, ca_file_pem=ca_file_pem)
+    return peer_add(api, _enrollment_url(args), name=args.name, ca_file_pem=ca_file_pem)
+
+
+def _enrollment_url(args: argparse.Namespace) -> str:
+    """The URL holds a live bearer token: prefer stdin (``-``) or MOSAIC_ENROLLMENT_URL to the
+    command line, where other local users can read it from the process list."""
+    if args.enrollment_url == "-":
+        url = sys.stdin.readline().strip()
+    else:
+        url = args.enrollment_url or os.environ.get("MOSAIC_ENROLLMENT_URL", "")
+    if not url:
+        raise ConfigError("no enrollment URL: pass it, '-' to read stdin, or MOSAIC_ENROLLMENT_URL")
+    return url
 
 
 def _register_peers(federation: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -209,7 +223,13 @@ def _register_peers(federation: argparse._SubParsersAction[argparse.ArgumentPars
             "there is no trust on first use."
         ),
     )
-    add.add_argument("enrollment_url", metavar="ENROLLMENT_URL")
+    add.add_argument(
+        "enrollment_url",
+        metavar="ENROLLMENT_URL",
+        nargs="?",
+        help="the URL, or '-' to read it from stdin (keeps the token out of the process list); "
+        "default: $MOSAIC_ENROLLMENT_URL",
+    )
     add.add_argument("--name", help="local name of the connection (default: the peer's host)")
     add.add_argument("--ca-file", metavar="PEM", help="the other gateway's CA bundle")
 
