@@ -114,6 +114,12 @@ def _load_or_make_secrets(spec: GatewaySpec) -> dict[str, str]:
     path = spec.state_dir / "secrets.json"
     if path.exists():
         loaded: dict[str, str] = json.loads(path.read_text())
+        if "ca_key_secret" not in loaded:
+            # A state folder from before the CA had its own sealing secret: its CA keys are
+            # sealed with the gateway secret, which the broker keeps as a previous secret.
+            loaded["ca_key_secret"] = secrets.token_urlsafe(48)
+            loaded["legacy_ca_key_secret"] = loaded["gateway_secret"]
+            write_atomically(path, json.dumps(loaded, indent=2), mode=0o600)
         return loaded
     values = {
         "gateway_secret": secrets.token_urlsafe(48),
@@ -151,6 +157,8 @@ def service_environment(spec: GatewaySpec, secret: dict[str, str], service: str)
     broker_url = f"http://{spec.host}:{spec.ports.ca_broker}"
     if service == "ca_broker":
         env[f"{prefix}CA_KEY_SECRET"] = secret["ca_key_secret"]  # the broker's alone
+        if "legacy_ca_key_secret" in secret:
+            env[f"{prefix}PREVIOUS_CA_KEY_SECRETS"] = json.dumps([secret["legacy_ca_key_secret"]])
         env[f"{prefix}PKI_DIR"] = str(spec.pki_dir)
         env[f"{prefix}SERVER_CERT_HOSTS"] = json.dumps([spec.host, "localhost"])
         env[f"{prefix}NGINX_PID_FILE"] = str(spec.state_dir / "nginx" / "run" / "nginx.pid")
