@@ -4,7 +4,8 @@ same run. Prints a table (with the issue's goal lines, PASS/FAIL — informative
 writes ``bench/results.json``.
 
 Options (environment): BENCH_SECONDS (per load run, default 10), BENCH_CONNECTIONS (default 32),
-BENCH_TRIALS (revocation, default 20), BENCH_KEEP=1 (leave the state folder), MOSAIC_TEST_NET.
+BENCH_TRIALS (revocation, default 20), BENCH_FANOUT_CALLS (fan-out steady-state calls per series,
+default 200), BENCH_KEEP=1 (leave the state folder), MOSAIC_TEST_NET.
 ``--profile`` also records the verbs process with py-spy during a list load
 (``uv run --with py-spy python -m tests.bench --profile``). ``--quick`` shortens everything.
 """
@@ -32,7 +33,7 @@ import psycopg
 
 from devstack import stack
 from devstack.processes import ProcessRecord, spawn, stop
-from tests.bench import issuance, memory, nginx_variant, profile, pyload, revocation, seed
+from tests.bench import fanout, issuance, memory, nginx_variant, profile, pyload, revocation, seed
 from tests.bench.peers import BenchPeer, admin_client, create_peer_and_grant, enrolled_peer
 from tests.bench.report import Row, render_table
 from tests.bench.wrk import LoadResult, Request, Wrk, build_shim, ensure_wrk
@@ -58,6 +59,7 @@ class Config:
     stepca_signatures: int = 100
     enrollments: int = 60
     concurrency: int = 8
+    fanout_calls: int = 200
     profile: bool = False
     keep: bool = False
 
@@ -66,10 +68,11 @@ class Config:
         cfg = cls()
         if quick:
             cfg = cls(seconds=3, warmup=1, trials=5, rows_per_resource=10_000, signatures=60,
-                      stepca_signatures=30, enrollments=20)  # fmt: skip
+                      stepca_signatures=30, enrollments=20, fanout_calls=60)  # fmt: skip
         cfg.seconds = float(os.environ.get("BENCH_SECONDS", cfg.seconds))
         cfg.connections = int(os.environ.get("BENCH_CONNECTIONS", cfg.connections))
         cfg.trials = int(os.environ.get("BENCH_TRIALS", cfg.trials))
+        cfg.fanout_calls = int(os.environ.get("BENCH_FANOUT_CALLS", cfg.fanout_calls))
         cfg.keep = os.environ.get("BENCH_KEEP") == "1"
         cfg.profile = with_profile
         return cfg
@@ -462,20 +465,25 @@ def goals(run: Run) -> list[tuple[str, str]]:
             (f"revocation → first refusal ≤ 1 s at max (is {rev['max_ms']:.0f} ms)",
              "PASS" if rev["max_ms"] <= 1000 else "FAIL")
         )  # fmt: skip
-    lines.append(("fan-out with a dead peer: first call ≤ timeout + 50 ms", "SKIP (not built yet)"))
-    lines.append(("fan-out steady state ≤ local-only p99 + 10 ms", "SKIP (not built yet)"))
+    lines.extend(fanout.goals(run.results.get("fan_out")))
     return lines
 
 
-def fan_out_placeholder(run: Run) -> None:
-    # ---- FAN-OUT (issue 7): NOT BUILT YET ---------------------------------------------------
-    # When the outbound client and the fan-out query exist, measure here: 1, 3 and 5
-    # connections with one dead peer (a port that accepts and never answers): first-call
-    # latency vs the per-source timeout, steady-state latency vs a local-only query once the
-    # circuit breaker knows the dead peer. Until then this section only says so.
-    print("  fan-out: not built yet (issue 7) — skipped", flush=True)
-    run.results["fan_out"] = {"status": "not built yet (issue 7)"}
-    run.rows.append(Row("fan-out (1/3/5 connections, 1 dead)", None, "", None, "not built yet"))
+def measure_fan_out(run: Run, world: seed.BenchWorld) -> None:
+    """Gateway b (started here) fans out over 1, 3, 5 connections to a, 1 of them dead:
+    see :mod:`tests.bench.fanout`."""
+    assert run.gw is not None
+    measured = fanout.measure(
+        run.gw,
+        world.subject,
+        bench_scope(world),
+        run.root,
+        run.cfg.fanout_calls,
+        run.cfg.rows_per_resource,
+    )
+    run.results["fan_out"] = measured.results
+    run.rows.extend(measured.rows)
+    run.notes.extend(measured.notes)
 
 
 async def measure_async(run: Run, world: seed.BenchWorld) -> None:
@@ -545,7 +553,7 @@ def bench(run: Run) -> None:
     if cfg.profile:
         run_profile(run, load, pairs)
     asyncio.run(measure_async(run, world))
-    fan_out_placeholder(run)
+    measure_fan_out(run, world)
 
     mem_after = memory.snapshot(pids)
     run.results["memory_mib"] = {"idle": mem_idle, "after_load": mem_after}
