@@ -309,3 +309,34 @@ def test_no_token_or_private_key_reached_any_log(gateway_a: Gateway) -> None:
         assert token not in text
         assert token[8:] not in text
     assert "PRIVATE KEY" not in text
+
+
+async def test_redemption_racing_a_peer_revocation_ends_consistent(gateway_a: Gateway) -> None:
+    """Enrollment (peer → grant → token locks, then a call to the broker) racing the admin's
+    peer revocation (peer → grants → tokens): both finish with a clean answer — no 500, no lock
+    cycle — and the end state is consistent: a revoked peer has no live certificate and no
+    active grant."""
+    for _ in range(5):
+        fx, token = await _fixture(gateway_a)
+        async with httpx.AsyncClient(base_url=gateway_a.admin_url, timeout=30) as admin:
+            redeemed, revoked = await asyncio.gather(
+                _redeem(gateway_a, token),
+                admin.patch(
+                    f"/api/admin/federation/peers/{fx.peer_id}/state",
+                    json={"state": "revoked", "reason": "race"},
+                    headers={"Authorization": f"Bearer {gateway_a.admin_token}"},
+                ),
+            )
+        assert redeemed.status_code in (201, 409, 410, 503), redeemed.text
+        assert revoked.status_code in (200, 409, 503), revoked.text
+        if redeemed.status_code != 201:
+            assert redeemed.json()["error"]["code"] in {
+                "grant_not_pending",
+                "peer_not_enrollable",
+                "database_busy",
+                "token_revoked",
+            }
+        state = _state(gateway_a, fx)
+        if state["peer"][0] == "revoked":
+            assert state["grant"] != "active"
+            assert state["live_certs"] == []
