@@ -391,3 +391,35 @@ async def test_server_certificate_is_reissued_when_key_and_certificate_disagree(
 def test_long_gateway_names_still_make_a_ca() -> None:
     hierarchy = pki.generate_ca_hierarchy("g" * 63)
     assert len(hierarchy.root_cert.subject.rfc4514_string()) < 120
+
+
+async def test_concurrent_publishers_never_leave_an_older_crl_in_place(broker: Broker) -> None:
+    """Two replicas publishing at once: each CRL number is taken under the state row's lock
+    before the revoked set is read, so the newest number always covers every revocation."""
+    import asyncio
+
+    from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+    fx = await create_grant_fixture(broker.database_url)
+    cert = await _sign(broker, fx)
+    with _sql(broker.database_url) as conn:
+        conn.execute(
+            "UPDATE federation_certificates SET revoked_at = now() WHERE serial = %s",
+            (pki.serial_hex(cert),),
+        )
+    mine: CrlPublisher = broker.app.state.ca_service.crl
+    engine = create_async_engine(broker.database_url)
+    try:
+        other = CrlPublisher(
+            mine.hierarchy, async_sessionmaker(engine), mine.crl_path, mine.validity
+        )
+        published = await asyncio.gather(*(p.publish() for p in (mine, other, mine, other)))
+    finally:
+        await engine.dispose()
+    numbers = [p.crl_number for p in published]
+    assert len(set(numbers)) == 4  # never the same number twice
+    on_disk = x509.load_pem_x509_crl(_pem_blocks(mine.crl_path.read_text())[0].encode())
+    number = on_disk.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    assert number == max(numbers)
+    assert on_disk.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
+    assert all(pki.serial_hex(cert) in p.revoked_serials for p in published)
