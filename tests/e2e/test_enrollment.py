@@ -31,6 +31,7 @@ from fedcore.models import GrantStatus
 from tests.support.apps import running
 from tests.support.db import fetch_all, fetch_one
 from tests.support.factories import GrantFixture, create_enrollment_token, create_grant_fixture
+from tests.support.net import host
 from tests.support.secrets import random_secret
 from tests.support.stack import Gateway
 
@@ -282,35 +283,6 @@ async def test_ca_down_during_redemption_leaves_the_token_redeemable(gateway_a: 
     assert _state(gateway_a, fx)["grant"] == "active"
 
 
-async def test_nginx_rate_limits_enrollment_per_client_ip(gateway_a: Gateway) -> None:
-    async with httpx.AsyncClient(
-        base_url=gateway_a.public_url, verify=gateway_a.tls_context(), timeout=30
-    ) as client:
-        responses = await asyncio.gather(
-            *(
-                client.post(f"/api/federation/v1/enrollment/{'1' * 64}", json={"csr_pem": "x"})
-                for _ in range(120)
-            )
-        )
-    limited = [r for r in responses if r.status_code == 429]
-    assert limited, "no request was rate limited"
-    assert limited[0].json()["error"]["code"] == "rate_limited"
-    assert limited[0].headers["retry-after"] == "1"
-
-
-def test_no_token_or_private_key_reached_any_log(gateway_a: Gateway) -> None:
-    """Runs last in this module: scan every service and nginx log of the gateway."""
-    assert USED_TOKENS
-    text = "".join(
-        path.read_text(errors="replace") for path in gateway_a.spec.log_dir.rglob("*.log")
-    )
-    assert "enrollment" in text  # the logs really cover the enrollment traffic
-    for token in USED_TOKENS:
-        assert token not in text
-        assert token[8:] not in text
-    assert "PRIVATE KEY" not in text
-
-
 async def test_redemption_racing_a_peer_revocation_ends_consistent(gateway_a: Gateway) -> None:
     """Enrollment (peer → grant → token locks, then a call to the broker) racing the admin's
     peer revocation (peer → grants → tokens): both finish with a clean answer — no 500, no lock
@@ -340,3 +312,37 @@ async def test_redemption_racing_a_peer_revocation_ends_consistent(gateway_a: Ga
         if state["peer"][0] == "revoked":
             assert state["grant"] != "active"
             assert state["live_certs"] == []
+
+
+async def test_nginx_rate_limits_enrollment_per_client_ip(gateway_a: Gateway) -> None:
+    # From a client address of its own: the limit is per IP, and the other tests' enrollments
+    # (from the usual address) must not find the bucket emptied by this one.
+    transport = httpx.AsyncHTTPTransport(verify=gateway_a.tls_context(), local_address=host(99))
+    async with httpx.AsyncClient(
+        base_url=gateway_a.public_url, transport=transport, timeout=30
+    ) as client:
+        responses = await asyncio.gather(
+            *(
+                client.post(f"/api/federation/v1/enrollment/{'1' * 64}", json={"csr_pem": "x"})
+                for _ in range(120)
+            )
+        )
+    limited = [r for r in responses if r.status_code == 429]
+    assert limited, "no request was rate limited"
+    assert limited[0].json()["error"]["code"] == "rate_limited"
+    assert limited[0].headers["retry-after"] == "1"
+    # ... and a client from another address is not limited by it.
+    assert (await _redeem(gateway_a, "2" * 64)).status_code == 404
+
+
+def test_no_token_or_private_key_reached_any_log(gateway_a: Gateway) -> None:
+    """Runs last in this module: scan every service and nginx log of the gateway."""
+    assert USED_TOKENS
+    text = "".join(
+        path.read_text(errors="replace") for path in gateway_a.spec.log_dir.rglob("*.log")
+    )
+    assert "enrollment" in text  # the logs really cover the enrollment traffic
+    for token in USED_TOKENS:
+        assert token not in text
+        assert token[8:] not in text
+    assert "PRIVATE KEY" not in text
