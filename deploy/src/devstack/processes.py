@@ -99,10 +99,11 @@ def stop(record: ProcessRecord, sig: int = signal.SIGTERM, timeout: float = 15.0
         time.sleep(0.05)
     os.kill(record.pid, signal.SIGKILL)
     for _ in range(100):
+        _reap(record.pid)
         if not record.is_alive():
             break
-        _reap(record.pid)
         time.sleep(0.05)
+    _reap(record.pid)
     return True
 
 
