@@ -47,3 +47,16 @@ def test_random_secrets_are_accepted() -> None:
         service_token=random_secret(),
     )
     assert "**********" in repr(settings)
+
+
+def test_random_secrets_are_never_mistaken_for_placeholders() -> None:
+    """Short words like "todo" occur inside random strings now and then; only the long phrases
+    are refused anywhere (a flaky refusal here once failed a test run)."""
+    for _ in range(20_000):
+        value = random_secret()
+        SecretsSettings(gateway_secret=value, proxy_secret=value, service_token=value)
+    for embedded in (
+        "aZ3-todo-9Qx_7LmN0pR2sT4uV6wY8zB1cD3eF5gH",
+        "k9Xsecretq2W8e7R6t5Y4u3I2o1P0aSdFgHjKlZx",
+    ):
+        SecretsSettings(gateway_secret=embedded, proxy_secret=embedded, service_token=embedded)

@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 
 MIN_SECRET_LENGTH = 32
 
-_PLACEHOLDER_MARKERS = (
+# Placeholder phrases refused anywhere in a secret: long enough that a random secret never
+# contains one by chance (a 64-symbol alphabet makes an 8-letter match ~1 in 2.8e14).
+_PLACEHOLDER_PHRASES = (
     "changeme",
     "change-me",
     "change_me",
@@ -28,12 +30,11 @@ _PLACEHOLDER_MARKERS = (
     "replace-me",
     "replace_me",
     "your-secret",
-    "example",
-    "xxxx",
-    "secret",
-    "password",
-    "todo",
+    "your_secret",
 )
+# Short words refused only at the start ("secret-for-dev-...", "password123...", "todo: ..."):
+# anywhere in the string they would also match genuinely random secrets now and then.
+_PLACEHOLDER_PREFIXES = ("example", "xxxx", "secret", "password", "todo", "test", "dummy")
 
 
 def refuse_placeholder_secret(value: SecretStr, field_name: str) -> SecretStr:
@@ -42,7 +43,9 @@ def refuse_placeholder_secret(value: SecretStr, field_name: str) -> SecretStr:
     if len(raw) < MIN_SECRET_LENGTH:
         raise ValueError(f"{field_name} must be at least {MIN_SECRET_LENGTH} characters")
     lowered = raw.lower()
-    if any(marker in lowered for marker in _PLACEHOLDER_MARKERS):
+    if any(phrase in lowered for phrase in _PLACEHOLDER_PHRASES) or lowered.startswith(
+        _PLACEHOLDER_PREFIXES
+    ):
         raise ValueError(f"{field_name} looks like a placeholder; generate a random value")
     if len(set(raw)) < 8:
         raise ValueError(f"{field_name} has too little variety to be random")
