@@ -117,6 +117,3 @@ class ForwardedCertVerifier:
             self._cache.move_to_end(verified.fingerprint_sha256)
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
-
-    def cache_len(self) -> int:
-        return len(self._cache)

@@ -60,7 +60,7 @@ from ca_broker.backends import IssuedChain, IssueRequest
 from ca_broker.profile import peer_uri
 from ca_broker.settings import Settings
 from fedcore import pki
-from fedcore.errors import UpstreamUnavailable
+from fedcore.broker_client import CaRefused, CaUnavailable
 
 log = logging.getLogger("ca_broker.backends.stepca")
 
@@ -99,25 +99,11 @@ _P256_COORDINATE_BYTES: Final = 32
 # ---------------------------------------------------------------------------------------------
 
 
-class CaUnavailable(UpstreamUnavailable):
-    """step-ca could not be reached (connection refused, TLS failure, timeout)."""
+class CaBadGateway(CaRefused):
+    """step-ca answered with a server error or with something that is not a usable answer
+    (``CaUnavailable`` / ``CaRefused`` are the broker client's, shared by every CA caller)."""
 
-    status_code = 503
     default_code = "ca_unavailable"
-
-
-class CaBadGateway(UpstreamUnavailable):
-    """step-ca answered with a server error or with something that is not a usable answer."""
-
-    status_code = 502
-    default_code = "ca_unavailable"
-
-
-class CaRefused(UpstreamUnavailable):
-    """step-ca refused the request (4xx): a token, template or configuration problem."""
-
-    status_code = 502
-    default_code = "ca_refused"
 
 
 class ProvisionerKeyError(ValueError):
