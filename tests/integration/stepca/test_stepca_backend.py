@@ -29,7 +29,6 @@ import ca_broker.app
 from ca_broker.backends import IssueRequest
 from ca_broker.backends import stepca as stepca_backend
 from ca_broker.backends.stepca import (
-    CaUnavailable,
     ProvisionerKeyError,
     StepCaBackend,
     StepCaConfigError,
@@ -38,6 +37,7 @@ from ca_broker.backends.stepca import (
 )
 from ca_broker.settings import Settings
 from fedcore import pki
+from fedcore.broker_client import CaRefused, CaUnavailable
 from fedcore.csr import make_csr, validate_csr
 from fedcore.federation_oids import extract_federation_identity
 from fedcore.models import (
@@ -566,7 +566,7 @@ async def test_a_captured_token_cannot_be_replayed(
     monkeypatch.setattr(replaying, "mint_sign_token", lambda request, *, now=None: captured[0])
     with caplog.at_level(logging.INFO, logger="ca_broker"):
         try:
-            with pytest.raises(stepca_backend.CaRefused) as caught:
+            with pytest.raises(CaRefused) as caught:
                 await replaying.issue(issue_request(s))
         finally:
             await replaying.aclose()
