@@ -62,6 +62,11 @@ class Config:
     fanout_calls: int = 200
     profile: bool = False
     keep: bool = False
+    # Sections to run (default all): "verbs", "revocation", "issuance", "fanout".
+    only: frozenset[str] = frozenset()
+
+    def runs(self, section: str) -> bool:
+        return not self.only or section in self.only
 
     @classmethod
     def from_env(cls, quick: bool, with_profile: bool) -> Config:
@@ -76,6 +81,9 @@ class Config:
         cfg.keep = os.environ.get("BENCH_KEEP") == "1"
         cfg.profile = with_profile
         return cfg
+
+
+SECTIONS = ("verbs", "revocation", "issuance", "fanout")
 
 
 @dataclass
@@ -487,8 +495,10 @@ def measure_fan_out(run: Run, world: seed.BenchWorld) -> None:
 
 
 async def measure_async(run: Run, world: seed.BenchWorld) -> None:
-    await measure_revocation(run, world)
-    await measure_issuance(run, world)
+    if run.cfg.runs("revocation"):
+        await measure_revocation(run, world)
+    if run.cfg.runs("issuance"):
+        await measure_issuance(run, world)
 
 
 def bench(run: Run) -> None:
@@ -549,11 +559,13 @@ def bench(run: Run) -> None:
     print(f"  nginx static (mTLS, kept alive): {ceiling.rps:.0f} rps", flush=True)
     run.rows.append(Row("nginx static 200 (mTLS; load ceiling)", ceiling.rps, "rps", None, "-"))
 
-    compare_verbs(run, load, pairs, pids)
+    if cfg.runs("verbs"):
+        compare_verbs(run, load, pairs, pids)
     if cfg.profile:
         run_profile(run, load, pairs)
     asyncio.run(measure_async(run, world))
-    measure_fan_out(run, world)
+    if cfg.runs("fanout"):
+        measure_fan_out(run, world)
 
     mem_after = memory.snapshot(pids)
     run.results["memory_mib"] = {"idle": mem_idle, "after_load": mem_after}
@@ -569,8 +581,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="py-spy the verbs under load")
     parser.add_argument("--quick", action="store_true", help="short runs (a smoke test)")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=SECTIONS,
+        default=[],
+        help="run only this section (repeatable; default: all)",
+    )
     args = parser.parse_args(argv)
     cfg = Config.from_env(args.quick, args.profile)
+    cfg.only = frozenset(args.only)
     root = Path(tempfile.mkdtemp(prefix="mosaic-bench-"))
     root.chmod(0o755)  # the postgres user must traverse into its cluster folder
     run = Run(cfg, root)
@@ -585,7 +605,9 @@ def main(argv: list[str] | None = None) -> int:
         teardown(run)
     run.results["seconds_total"] = round(time.perf_counter() - started, 1)
     run.results["machine"] = machine()
-    run.results["config"] = {k: v for k, v in vars(cfg).items()}
+    run.results["config"] = {
+        k: sorted(v) if isinstance(v, frozenset) else v for k, v in vars(cfg).items()
+    }
     run.results["notes"] = run.notes
     run.results["goals"] = [{"goal": g, "status": s} for g, s in goals(run)]
     run.results["table"] = [r.to_json() for r in run.rows]

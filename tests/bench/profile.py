@@ -21,13 +21,11 @@ STAGES: tuple[tuple[str, str], ...] = (
     ("trust path: authenticate()", "authenticate (verbs/auth.py"),
     ("  cert re-verification (cache)", "verify (fedcore/client_cert.py"),
     ("  binding query", "load_certificate_binding"),
-    ("membership query", "member_team_ids"),
     ("row query (list/search/get)", "list_content"),
-    ("audit insert", "write_audit"),
-    ("unit of work: session/commit", "unit_of_work"),
-    ("pool checkout (+ pre-ping)", "_checkout"),
+    ("audit insert", "insert_audit"),
+    ("pool checkout/return", "connection (psycopg_pool/"),
     ("JSON response render (orjson)", "render (fedcore/responses.py"),
-    ("request body parse/validate", "request_body_to_args"),
+    ("request body parse/validate", "parse_body"),
     ("request id middleware", "fedcore/request_id.py"),
 )
 

@@ -22,7 +22,10 @@ def fetch_one(url: str, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ..
     return rows[0]
 
 
-def execute(url: str, sql: str) -> None:
-    """Run statements that return no rows (DDL in tests)."""
+def execute(url: str, sql: str, params: tuple[Any, ...] | None = None) -> None:
+    """Run statements that return no rows (DDL in tests; one statement when ``params``)."""
     with connect(url) as conn:
-        conn.execute(sql)
+        if params is None:
+            conn.execute(sql)  # simple protocol: several statements allowed
+        else:
+            conn.execute(sql, params)

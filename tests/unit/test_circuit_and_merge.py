@@ -1,110 +1,59 @@
-"""The per-connection circuit breaker (a fake clock), the fan-out's merge order and when a
+"""The per-connection circuit breaker's rules (given times; the shared store runs against
+Postgres in tests/integration/test_circuit_store.py), the fan-out's merge order and when a
 connection certificate is due for renewal."""
 
 from __future__ import annotations
 
-import uuid
+from datetime import UTC, datetime, timedelta
 
-from verbs.circuit import CircuitBreaker, CircuitBreakers, CircuitState
+from verbs.circuit import CircuitPolicy, CircuitRecord, CircuitState
 from verbs.fanout import SourceOutcome, merge
 
-
-def state(breaker: CircuitBreaker) -> CircuitState:
-    return breaker.state  # a call: mypy must not narrow the attribute across the test
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+POLICY = CircuitPolicy(threshold=3, cooldown_seconds=30, probe_timeout_seconds=10)
+T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
 
-def test_the_circuit_opens_after_n_consecutive_failures_only() -> None:
-    breaker = CircuitBreaker(threshold=3, cooldown_seconds=30, clock=Clock())
-    breaker.record_failure("peer_timeout")
-    breaker.record_failure("peer_timeout")
-    breaker.record_success()  # not consecutive any more
-    breaker.record_failure("peer_timeout")
-    breaker.record_failure("peer_timeout")
-    assert state(breaker) is CircuitState.CLOSED
-    assert breaker.acquire()
-    breaker.record_failure("peer_unreachable")
-    assert state(breaker) is CircuitState.OPEN
-    assert not breaker.acquire()
-    snapshot = breaker.snapshot()
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def test_no_row_or_no_opened_at_is_a_closed_circuit() -> None:
+    assert CircuitRecord().state(T0, POLICY) is CircuitState.CLOSED
+    assert CircuitRecord().clean
+    counted = CircuitRecord(consecutive_failures=2, last_failure_code="peer_timeout")
+    assert counted.state(T0, POLICY) is CircuitState.CLOSED
+    assert not counted.clean  # a success must reset the count
+    assert not counted.may_probe(T0, POLICY)
+
+
+def test_an_open_circuit_lets_a_probe_claim_only_after_the_cooldown() -> None:
+    record = CircuitRecord(3, "peer_unreachable", opened_at=T0)
+    assert record.state(at(29.9), POLICY) is CircuitState.OPEN
+    assert not record.may_probe(at(29.9), POLICY)
+    assert record.may_probe(at(30), POLICY)
+    snapshot = record.snapshot(at(1), POLICY)
     assert snapshot["state"] == "open"
     assert snapshot["consecutive_failures"] == 3
     assert snapshot["last_failure_code"] == "peer_unreachable"
-    assert snapshot["probe_after"] is not None
+    assert snapshot["probe_after"] == at(30)
 
 
-def test_after_the_cooldown_exactly_one_probe_goes_out() -> None:
-    clock = Clock()
-    breaker = CircuitBreaker(threshold=1, cooldown_seconds=30, clock=clock)
-    breaker.record_failure("peer_timeout")
-    clock.now += 29.9
-    assert not breaker.acquire()
-    clock.now += 0.1
-    assert breaker.acquire()  # the probe
-    assert state(breaker) is CircuitState.HALF_OPEN
-    assert not breaker.acquire()  # everyone else waits for the probe
-    assert not breaker.acquire()
+def test_while_the_probe_is_out_nobody_else_may_probe_until_it_expires() -> None:
+    record = CircuitRecord(3, "peer_timeout", opened_at=T0, probe_started_at=at(31))
+    assert record.state(at(32), POLICY) is CircuitState.HALF_OPEN
+    assert not record.may_probe(at(32), POLICY)
+    assert record.snapshot(at(32), POLICY)["probe_after"] is None
+    # A probe whose worker died stops counting after probe_timeout_seconds.
+    assert record.state(at(41), POLICY) is CircuitState.OPEN
+    assert record.may_probe(at(41), POLICY)
 
 
-def test_a_failed_probe_reopens_for_a_new_cooldown() -> None:
-    clock = Clock()
-    breaker = CircuitBreaker(threshold=2, cooldown_seconds=10, clock=clock)
-    breaker.record_failure("x")
-    breaker.record_failure("x")
-    clock.now += 10
-    assert breaker.acquire()
-    breaker.record_failure("peer_timeout")  # one failure in half_open is enough
-    assert state(breaker) is CircuitState.OPEN
-    clock.now += 9
-    assert not breaker.acquire()
-    clock.now += 1
-    assert breaker.acquire()
-
-
-def test_a_successful_probe_closes_the_circuit() -> None:
-    clock = Clock()
-    breaker = CircuitBreaker(threshold=1, cooldown_seconds=5, clock=clock)
-    breaker.record_failure("x")
-    clock.now += 5
-    assert breaker.acquire()
-    breaker.record_success()
-    assert state(breaker) is CircuitState.CLOSED
-    assert breaker.consecutive_failures == 0
-    assert breaker.acquire()
-    assert breaker.acquire()
-
-
-def test_a_released_probe_goes_back_without_changing_the_count() -> None:
-    clock = Clock()
-    breaker = CircuitBreaker(threshold=1, cooldown_seconds=5, clock=clock)
-    breaker.record_failure("x")
-    clock.now += 5
-    assert breaker.acquire()
-    breaker.release()
-    assert state(breaker) is CircuitState.OPEN
-    assert breaker.consecutive_failures == 1
-    assert breaker.acquire()  # the next caller may probe at once
-
-
-def test_breakers_are_per_connection_and_forgotten_with_it() -> None:
-    breakers = CircuitBreakers(threshold=1, cooldown_seconds=5, clock=Clock())
-    one, two = uuid.uuid4(), uuid.uuid4()
-    breakers.get(one, "zeta").record_failure("peer_timeout")
-    assert breakers.get(two, "alpha").acquire()
-    assert not breakers.get(one, "zeta").acquire()
-    assert [(b["name"], b["state"]) for b in breakers.snapshot()] == [
-        ("alpha", "closed"),
-        ("zeta", "open"),
-    ]
-    breakers.retain([two])
-    assert [b["connection_id"] for b in breakers.snapshot()] == [two]
+def test_a_probe_claim_older_than_the_opening_does_not_count() -> None:
+    # The probe failed and re-opened the circuit: its claim belongs to the previous opening.
+    record = CircuitRecord(4, "peer_timeout", opened_at=at(40), probe_started_at=at(31))
+    assert record.state(at(41), POLICY) is CircuitState.OPEN
+    assert not record.may_probe(at(41), POLICY)  # a new cool-down
+    assert record.may_probe(at(70), POLICY)
 
 
 def test_merge_keeps_source_order_and_reports_failures() -> None:

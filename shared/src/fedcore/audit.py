@@ -3,7 +3,8 @@ attempt and verb call, allowed or denied.
 
 ``write_audit`` adds the row to the caller's session, so it commits (or not) together with the
 change it describes. Refusals that roll the main transaction back use ``write_audit_now``, which
-commits in a session of its own so the refusal is still recorded.
+commits in a session of its own so the refusal is still recorded. ``insert_audit`` is the same
+row on a raw psycopg connection (the verbs' hot path, autocommit: committed by its statement).
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
+from psycopg import AsyncConnection
 from sqlalchemy import Table, insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -61,3 +63,22 @@ async def write_audit_now(
     async with sessionmaker() as session:
         await write_audit(session, event)
         await session.commit()
+
+
+# The same row as raw SQL. Enum values go as text (psycopg sends str untyped, so Postgres casts
+# it to the column's enum type); request_id comes from the request-id middleware's context.
+_AUDIT_COLUMNS = (*_EVENT_FIELDS, "request_id")
+# The table and column names are fixed; values are bound parameters.
+_AUDIT_INSERT_SQL = (
+    f"INSERT INTO {FederationAuditLog.__tablename__} ({', '.join(_AUDIT_COLUMNS)}) "  # noqa: S608
+    f"VALUES ({', '.join(f'%({name})s' for name in _AUDIT_COLUMNS)})"
+)
+
+
+async def insert_audit(conn: AsyncConnection[Any], event: AuditEvent) -> None:
+    """Insert an audit row on ``conn`` (autocommit: the statement commits it)."""
+    values: dict[str, Any] = {name: getattr(event, name) for name in _EVENT_FIELDS}
+    values["actor_type"] = event.actor_type.value
+    values["outcome"] = event.outcome.value
+    values["request_id"] = current_request_id()
+    await conn.execute(_AUDIT_INSERT_SQL, values)

@@ -343,6 +343,23 @@ class FederationConnection(Base):
     )
 
 
+class FederationCircuit(Base):
+    """The circuit breaker of one outbound connection, shared by every verbs worker and replica
+    (verbs.circuit). No row, or ``opened_at`` NULL, means closed."""
+
+    __tablename__ = "federation_circuits"
+
+    connection_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("federation_connections.id", ondelete="CASCADE"), primary_key=True
+    )
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_failure_code: Mapped[str | None] = mapped_column(String(64))
+    opened_at: Mapped[datetime | None] = mapped_column()
+    # When the one half-open probe went out (claimed with a conditional UPDATE).
+    probe_started_at: Mapped[datetime | None] = mapped_column()
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
 class FederationAuditLog(Base):
     """Append-only record of every admin action, enrollment attempt and verb call."""
 

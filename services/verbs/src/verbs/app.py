@@ -10,9 +10,10 @@ from fastapi import FastAPI
 from fedcore.appkit import create_service_app
 from fedcore.broker_client import CaBrokerClient
 from fedcore.client_cert import ForwardedCertVerifier
+from fedcore.db import create_raw_pool
 from fedcore.federation_client import ClientTimeouts, FederationClientPool
 from verbs.auth import InboundAuthenticator
-from verbs.circuit import CircuitBreakers
+from verbs.circuit import CircuitBreakers, CircuitPolicy
 from verbs.fanout import FanOut
 from verbs.local_routes import local_router
 from verbs.local_service import LocalQueryService
@@ -32,9 +33,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         authenticator = InboundAuthenticator(
             verifier, settings.secrets.proxy_secret.get_secret_value()
         )
+        # The inbound verbs' own pool of autocommit connections (verbs.reads); opened here,
+        # connections are made in the background so a slow database does not block start.
+        hot_pool = create_raw_pool(settings.db, name="verbs-inbound")
+        await hot_pool.open()
         app.state.verb_service = VerbService(
             authenticator=authenticator,
-            sessionmaker=app.state.sessionmaker,
+            pool=hot_pool,
             policy=settings.scope_policy(),
             source_name=settings.source_name,
         )
@@ -49,10 +54,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_response_bytes=settings.peer_max_response_bytes,
         )
         breakers = CircuitBreakers(
-            settings.circuit_failure_threshold, settings.circuit_cooldown_seconds
+            hot_pool,
+            CircuitPolicy(
+                threshold=settings.circuit_failure_threshold,
+                cooldown_seconds=settings.circuit_cooldown_seconds,
+                # A probe outlives its source timeout only if its worker died mid-call.
+                probe_timeout_seconds=settings.fanout_source_timeout_seconds + 5,
+            ),
         )
         app.state.local_query_service = LocalQueryService(
             sessionmaker=app.state.sessionmaker,
+            rows_pool=hot_pool,
             fanout=FanOut(pool, breakers, settings.fanout_source_timeout_seconds),
             pool=pool,
             source_name=settings.source_name,
@@ -69,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async def cleanup() -> None:
             await pool.aclose()
             await broker.aclose()
+            await hot_pool.close()
 
         return cleanup
 

@@ -18,14 +18,13 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from fastapi import Request
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from fedcore import pki
 from fedcore.client_cert import ClientCertInvalid, ForwardedCertVerifier, VerifiedClientCert
 from fedcore.errors import Forbidden, Unauthorized
 from fedcore.models import GrantStatus, PeerState
 from fedcore.scope import GrantScope, InvalidScope
-from verbs.repository import load_certificate_binding
+from verbs.reads import Connection, load_certificate_binding
 
 PROXY_SECRET_HEADER = "x-mosaic-proxy-secret"  # noqa: S105 - a header name
 
@@ -51,6 +50,8 @@ class FederationContext:
     peer_name: str
     scope: GrantScope
     expires_at: datetime | None
+    # The subject user's teams now (read with the binding; the scope rule needs them).
+    subject_team_ids: frozenset[uuid.UUID]
 
 
 @dataclass
@@ -75,7 +76,7 @@ class InboundAuthenticator:
             raise UntrustedProxy("request did not come through the gateway's proxy")
 
     async def authenticate(
-        self, request: Request, session: AsyncSession, known: PartialIdentity
+        self, request: Request, conn: Connection, known: PartialIdentity
     ) -> FederationContext:
         self.check_proxy(request)
         if request.headers.get("x-client-verify") != "SUCCESS":
@@ -86,7 +87,7 @@ class InboundAuthenticator:
         known.grant_id = cert.identity.grant_id
         known.subject_user_id = cert.identity.subject_user_id
 
-        binding = await load_certificate_binding(session, cert.serial)
+        binding = await load_certificate_binding(conn, cert.serial)
         if binding is None or binding.fingerprint_sha256 != cert.fingerprint_sha256:
             # Not a certificate this CA recorded (e.g. issued around the broker): refuse it.
             raise ClientCertRevoked(
@@ -119,6 +120,7 @@ class InboundAuthenticator:
             peer_name=binding.peer_name,
             scope=_stored_scope(binding.scope),
             expires_at=binding.grant_expires_at,
+            subject_team_ids=binding.subject_team_ids,
         )
 
 

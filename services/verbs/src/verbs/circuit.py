@@ -16,21 +16,26 @@ gateway answered 5xx. A 4xx refusal (``grant_revoked``, ``resource_not_in_scope`
 answer from a live peer and counts as a success: the breaker is about reachability, and the
 caller must keep seeing the peer's own refusal code.
 
-The state lives in the verbs process (one uvicorn worker per gateway in the launcher; with
-several workers or replicas each keeps its own, which only means each learns a dead peer on
-its own). It is read by ``GET /api/local/v1/circuits`` and shown by
-``mosaic federation connection list``.
+The state is a row per connection in ``federation_circuits``, shared by every verbs worker and
+replica, so the gateway learns a dead peer once and every worker skips it (and the operator sees
+one answer in ``mosaic federation connection list``). Times are the database's clock, so workers
+on different hosts agree. The steady state costs nothing extra: the fan-out reads each
+connection's circuit with the connection row (one statement) and decides in Python; a statement
+is sent only when something changes (a failure, the first success after failures, a probe
+claim). The half-open probe is claimed with a conditional ``UPDATE``, so exactly one worker gets
+it; a claim whose worker died expires after ``probe_timeout_seconds``.
 """
 
 from __future__ import annotations
 
 import enum
-import time
 import uuid
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
 
 
 class CircuitState(enum.StrEnum):
@@ -39,91 +44,182 @@ class CircuitState(enum.StrEnum):
     HALF_OPEN = "half_open"
 
 
-@dataclass
-class CircuitBreaker:
+@dataclass(frozen=True)
+class CircuitPolicy:
     threshold: int
     cooldown_seconds: float
-    clock: Callable[[], float] = time.monotonic
-    name: str = ""
-    state: CircuitState = CircuitState.CLOSED
+    probe_timeout_seconds: float
+
+    @property
+    def cooldown(self) -> timedelta:
+        return timedelta(seconds=self.cooldown_seconds)
+
+    @property
+    def probe_timeout(self) -> timedelta:
+        return timedelta(seconds=self.probe_timeout_seconds)
+
+
+@dataclass(frozen=True)
+class CircuitRecord:
+    """One connection's circuit as read (no row reads as a closed circuit)."""
+
     consecutive_failures: int = 0
     last_failure_code: str | None = None
-    _opened_at: float | None = field(default=None, repr=False)
-    _opened_wall: datetime | None = field(default=None, repr=False)
+    opened_at: datetime | None = None
+    probe_started_at: datetime | None = None
 
-    def acquire(self) -> bool:
-        """May a call go out now? In ``half_open`` only the first caller gets the probe."""
-        if self.state is CircuitState.CLOSED:
-            return True
-        if self.state is CircuitState.OPEN:
-            assert self._opened_at is not None
-            if self.clock() - self._opened_at >= self.cooldown_seconds:
-                self.state = CircuitState.HALF_OPEN  # this caller is the probe
-                return True
-            return False
-        return False  # half_open: the probe is out
+    @classmethod
+    def from_row(cls, row: Any) -> CircuitRecord:
+        """From a connection row joined with its circuit (``circuit_*`` columns)."""
+        return cls(
+            consecutive_failures=row.circuit_failures or 0,
+            last_failure_code=row.circuit_last_failure_code,
+            opened_at=row.circuit_opened_at,
+            probe_started_at=row.circuit_probe_started_at,
+        )
 
-    def record_success(self) -> None:
-        self.state = CircuitState.CLOSED
-        self.consecutive_failures = 0
-        self._opened_at = None
-        self._opened_wall = None
+    @property
+    def clean(self) -> bool:
+        """Closed with no failure counted: a success changes nothing."""
+        return self.opened_at is None and self.consecutive_failures == 0
 
-    def release(self) -> None:
-        """The call said nothing about the peer (e.g. our own row is unusable): a probe goes
-        back, the state is otherwise unchanged."""
-        if self.state is CircuitState.HALF_OPEN:
-            self.state = CircuitState.OPEN
+    def probe_out(self, now: datetime, policy: CircuitPolicy) -> bool:
+        return (
+            self.opened_at is not None
+            and self.probe_started_at is not None
+            and self.probe_started_at >= self.opened_at
+            and now - self.probe_started_at < policy.probe_timeout
+        )
 
-    def record_failure(self, code: str) -> None:
-        self.consecutive_failures += 1
-        self.last_failure_code = code
-        if self.state is CircuitState.HALF_OPEN or self.consecutive_failures >= self.threshold:
-            self.state = CircuitState.OPEN
-            self._opened_at = self.clock()
-            self._opened_wall = datetime.now(UTC)
+    def state(self, now: datetime, policy: CircuitPolicy) -> CircuitState:
+        if self.opened_at is None:
+            return CircuitState.CLOSED
+        return CircuitState.HALF_OPEN if self.probe_out(now, policy) else CircuitState.OPEN
 
-    def snapshot(self) -> dict[str, Any]:
-        retry_at = None
-        if self.state is CircuitState.OPEN and self._opened_wall is not None:
-            retry_at = self._opened_wall + timedelta(seconds=self.cooldown_seconds)
+    def may_probe(self, now: datetime, policy: CircuitPolicy) -> bool:
+        """Open, cooled down, no live probe out: the next caller may try to claim the probe."""
+        return (
+            self.opened_at is not None
+            and now - self.opened_at >= policy.cooldown
+            and not self.probe_out(now, policy)
+        )
+
+    def snapshot(self, now: datetime, policy: CircuitPolicy) -> dict[str, Any]:
+        state = self.state(now, policy)
         return {
-            "state": self.state.value,
+            "state": state.value,
             "consecutive_failures": self.consecutive_failures,
             "last_failure_code": self.last_failure_code,
-            "opened_at": self._opened_wall,
-            "probe_after": retry_at,
+            "opened_at": self.opened_at,
+            "probe_after": self.opened_at + policy.cooldown
+            if state is CircuitState.OPEN and self.opened_at is not None
+            else None,
         }
 
 
+@dataclass(frozen=True)
+class Permit:
+    """A call may go out; ``probe`` says whether it is the half-open probe."""
+
+    probe: bool
+
+
+# The statements. Parameters only; the threshold and intervals are parameters too.
+_CLAIM_PROBE = """
+UPDATE federation_circuits SET probe_started_at = now(), updated_at = now()
+ WHERE connection_id = %(id)s
+   AND opened_at IS NOT NULL
+   AND opened_at <= now() - %(cooldown)s
+   AND (probe_started_at IS NULL OR probe_started_at < opened_at
+        OR probe_started_at <= now() - %(probe_timeout)s)
+RETURNING connection_id
+"""
+_RECORD_FAILURE = """
+INSERT INTO federation_circuits AS c
+       (connection_id, consecutive_failures, last_failure_code, opened_at, updated_at)
+VALUES (%(id)s, 1, %(code)s, CASE WHEN %(threshold)s <= 1 THEN now() END, now())
+ON CONFLICT (connection_id) DO UPDATE SET
+       consecutive_failures = c.consecutive_failures + 1,
+       last_failure_code = EXCLUDED.last_failure_code,
+       -- A failure while open (the probe, or a call that left before it opened) re-opens it.
+       opened_at = CASE WHEN c.opened_at IS NOT NULL
+                          OR c.consecutive_failures + 1 >= %(threshold)s
+                        THEN now() END,
+       probe_started_at = NULL,
+       updated_at = now()
+"""
+_RECORD_SUCCESS = """
+UPDATE federation_circuits
+   SET consecutive_failures = 0, last_failure_code = NULL, opened_at = NULL,
+       probe_started_at = NULL, updated_at = now()
+ WHERE connection_id = %(id)s
+"""
+_RELEASE_PROBE = """
+UPDATE federation_circuits SET probe_started_at = NULL, updated_at = now()
+ WHERE connection_id = %(id)s AND probe_started_at IS NOT NULL
+"""
+_SNAPSHOT = """
+SELECT f.connection_id, c.name, f.consecutive_failures, f.last_failure_code, f.opened_at,
+       f.probe_started_at, now()
+  FROM federation_circuits f JOIN federation_connections c ON c.id = f.connection_id
+ ORDER BY c.name
+"""
+
+
 class CircuitBreakers:
-    """The breakers of this process, one per connection id."""
+    """The circuits of every connection, kept in Postgres (autocommit statements on ``pool``)."""
 
-    def __init__(
-        self, threshold: int, cooldown_seconds: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.threshold = threshold
-        self.cooldown_seconds = cooldown_seconds
-        self._clock = clock
-        self._breakers: dict[uuid.UUID, CircuitBreaker] = {}
+    def __init__(self, pool: AsyncConnectionPool[AsyncConnection[Any]], policy: CircuitPolicy):
+        self.pool = pool
+        self.policy = policy
 
-    def get(self, connection_id: uuid.UUID, name: str) -> CircuitBreaker:
-        breaker = self._breakers.get(connection_id)
-        if breaker is None:
-            breaker = CircuitBreaker(self.threshold, self.cooldown_seconds, self._clock, name)
-            self._breakers[connection_id] = breaker
-        breaker.name = name
-        return breaker
-
-    def retain(self, connection_ids: Iterable[uuid.UUID]) -> None:
-        keep = set(connection_ids)
-        for connection_id in [cid for cid in self._breakers if cid not in keep]:
-            del self._breakers[connection_id]
-
-    def snapshot(self) -> list[dict[str, Any]]:
-        return [
-            {"connection_id": connection_id, "name": breaker.name, **breaker.snapshot()}
-            for connection_id, breaker in sorted(
-                self._breakers.items(), key=lambda item: item[1].name
+    async def acquire(
+        self, connection_id: uuid.UUID, record: CircuitRecord, now: datetime
+    ) -> Permit | None:
+        """May a call go out now (``record`` and ``now`` as read with the connection)?"""
+        if record.opened_at is None:
+            return Permit(probe=False)
+        if not record.may_probe(now, self.policy):
+            return None
+        async with self.pool.connection() as conn:
+            claimed = await conn.execute(
+                _CLAIM_PROBE,
+                {
+                    "id": connection_id,
+                    "cooldown": self.policy.cooldown,
+                    "probe_timeout": self.policy.probe_timeout,
+                },
             )
+            return Permit(probe=True) if await claimed.fetchone() is not None else None
+
+    async def record_success(self, connection_id: uuid.UUID, record: CircuitRecord) -> None:
+        if record.clean:
+            return  # the steady state writes nothing
+        async with self.pool.connection() as conn:
+            await conn.execute(_RECORD_SUCCESS, {"id": connection_id})
+
+    async def record_failure(self, connection_id: uuid.UUID, code: str) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                _RECORD_FAILURE,
+                {"id": connection_id, "code": code, "threshold": self.policy.threshold},
+            )
+
+    async def release(self, connection_id: uuid.UUID, permit: Permit) -> None:
+        """The call said nothing about the peer (e.g. our own row is unusable): a probe goes
+        back, the state is otherwise unchanged."""
+        if permit.probe:
+            async with self.pool.connection() as conn:
+                await conn.execute(_RELEASE_PROBE, {"id": connection_id})
+
+    async def snapshot(self) -> list[dict[str, Any]]:
+        async with self.pool.connection() as conn:
+            rows = await (await conn.execute(_SNAPSHOT)).fetchall()
+        return [
+            {
+                "connection_id": connection_id,
+                "name": name,
+                **CircuitRecord(failures, code, opened_at, probe_at).snapshot(now, self.policy),
+            }
+            for connection_id, name, failures, code, opened_at, probe_at, now in rows
         ]

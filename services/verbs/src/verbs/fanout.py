@@ -26,7 +26,7 @@ from fedcore.federation_client import (
     FederationClientError,
     FederationClientPool,
 )
-from verbs.circuit import CircuitBreakers
+from verbs.circuit import CircuitBreakers, CircuitRecord
 
 LOCAL = "local"
 FEDERATED_PREFIX = "federated:"
@@ -115,27 +115,25 @@ class FanOut:
         return await local()
 
     async def _remote(self, row: Any, spec: QuerySpec) -> SourceOutcome:
-        name = str(row.name)
-        source = federated(name)
-        breaker = self.breakers.get(row.id, name)
-        if not breaker.acquire():
+        """One connection's call, through its circuit. ``row`` is a connection row joined with
+        its circuit and the database's ``now`` (repository.active_connections)."""
+        source = federated(str(row.name))
+        record = CircuitRecord.from_row(row)
+        permit = await self.breakers.acquire(row.id, record, row.db_now)
+        if permit is None:
             return SourceOutcome(source, code="circuit_open")
-        settled = False
-        try:
-            outcome = await self._bounded(source, self._fetch(row, spec))
-            if outcome.code is None:
-                breaker.record_success()
-            elif outcome.peer_down:
-                breaker.record_failure(outcome.code)
-            elif outcome.code == "connection_unusable":
-                breaker.release()  # about our row, not about the peer
-            else:
-                breaker.record_success()  # the peer answered (a refusal is an answer)
-            settled = True
-            return outcome
-        finally:
-            if not settled:  # cancelled: a probe that never reported must not wedge half_open
-                breaker.record_failure("cancelled")
+        # Cancelled before it reports (the whole query failed): nothing is recorded, and a
+        # probe claim expires on its own (CircuitPolicy.probe_timeout_seconds).
+        outcome = await self._bounded(source, self._fetch(row, spec))
+        if outcome.code is None:
+            await self.breakers.record_success(row.id, record)
+        elif outcome.peer_down:
+            await self.breakers.record_failure(row.id, outcome.code)
+        elif outcome.code == "connection_unusable":
+            await self.breakers.release(row.id, permit)  # about our row, not about the peer
+        else:
+            await self.breakers.record_success(row.id, record)  # a refusal is an answer
+        return outcome
 
     async def _fetch(self, row: Any, spec: QuerySpec) -> tuple[list[dict[str, Any]], bool]:
         client = self.pool.client_for(ConnectionMaterial.from_row(row))

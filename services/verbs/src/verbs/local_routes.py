@@ -79,8 +79,8 @@ async def circuits(request: Request, admin: CurrentAdmin) -> JsonResponse:
     breakers = _service(request).fanout.breakers
     return JsonResponse(
         {
-            "items": breakers.snapshot(),
-            "failure_threshold": breakers.threshold,
-            "cooldown_seconds": breakers.cooldown_seconds,
+            "items": await breakers.snapshot(),
+            "failure_threshold": breakers.policy.threshold,
+            "cooldown_seconds": breakers.policy.cooldown_seconds,
         }
     )

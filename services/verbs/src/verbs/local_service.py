@@ -31,6 +31,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fedcore.admin_auth import AdminPrincipal
@@ -43,7 +45,7 @@ from fedcore.federation_client import (
 )
 from fedcore.models import ActorType, AuditOutcome, ConnectionState
 from fedcore.scope_evaluator import CONTENT_RESOURCES, RowFilter, known_resource
-from verbs import repository
+from verbs import reads, repository
 from verbs.fanout import LOCAL, FanOut, QuerySpec, SourceOutcome, federated, merge
 from verbs.local_schemas import LocalQueryRequest
 from verbs.service import _filters
@@ -70,6 +72,7 @@ class ResolvedSource:
 @dataclass
 class LocalQueryService:
     sessionmaker: async_sessionmaker[AsyncSession]
+    rows_pool: AsyncConnectionPool[AsyncConnection[Any]]  # local rows: the verbs' raw reads
     fanout: FanOut
     pool: FederationClientPool
     source_name: str
@@ -151,10 +154,9 @@ class LocalQueryService:
                 spec, local if target.include_local else None, target.connections
             )
             if body.source == "all":
-                # Clients and breakers of connections that are gone or inactive are dropped.
-                active = [row.id for row in target.connections]
-                self.pool.retain(active)
-                self.fanout.breakers.retain(active)
+                # Clients of connections that are gone or inactive are dropped (their circuit
+                # rows stay, and go with the connection).
+                self.pool.retain([row.id for row in target.connections])
             answer = {"resource": resource, "source": body.source, **merge(outcomes)}
             ok = sum(1 for outcome in outcomes if outcome.ok)
             state = "partial" if answer["_partial"] else "complete"
@@ -201,21 +203,22 @@ class LocalQueryService:
         return ResolvedSource(source, False, [row])
 
     async def _local_rows(
-        self, user_id: uuid.UUID, spec: QuerySpec, filters: repository.ContentFilters
+        self, user_id: uuid.UUID, spec: QuerySpec, filters: reads.ContentFilters
     ) -> tuple[list[dict[str, Any]], bool]:
-        # A session of its own: the per-source timeout may cancel this task mid-query, and the
-        # request's session must stay usable for the audit row.
-        async with self.sessionmaker() as session:
-            teams = await repository.member_team_ids(session, user_id)
+        # A connection of its own: the per-source timeout may cancel this task mid-query (the
+        # pool drops a connection that comes back mid-statement), and the request's session must
+        # stay usable for the audit row.
+        async with self.rows_pool.connection() as conn:
+            teams = await reads.member_team_ids(conn, user_id)
             rows = RowFilter(
                 subject_user_id=user_id, include_personal=True, team_ids=teams, limit=spec.limit
             )
             if spec.resource in CONTENT_RESOURCES:
-                found = await repository.list_content(
-                    session, spec.resource, rows, None, filters, search=spec.query
+                found = await reads.list_content(
+                    conn, spec.resource, rows, None, filters, search=spec.query
                 )
             else:
-                found = await repository.list_directory(session, spec.resource, rows, None)
+                found = await reads.list_directory(conn, spec.resource, rows, None)
         page = found[: spec.limit]
         for row in page:
             row["_source"] = self.source_name

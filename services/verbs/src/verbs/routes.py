@@ -15,9 +15,11 @@ from pydantic import BaseModel, ValidationError
 from fedcore.db import SessionDep
 from fedcore.errors import NotFound, Unprocessable
 from fedcore.responses import JsonResponse
+from verbs.auth import FederationContext
+from verbs.reads import Connection
 from verbs.renewal import Renewer
 from verbs.schemas import ListRequest, RenewRequest, SearchRequest
-from verbs.service import VerbService
+from verbs.service import VerbResult, VerbService
 
 router = APIRouter(prefix="/api/federation/v1", default_response_class=JsonResponse)
 M = TypeVar("M", bound=BaseModel)
@@ -56,56 +58,55 @@ def _service(request: Request) -> VerbService:
 
 
 @router.get("/capabilities")
-async def capabilities(request: Request, session: SessionDep) -> JsonResponse:
+async def capabilities(request: Request) -> JsonResponse:
     service = _service(request)
-    body = await service.run(request, session, "capabilities", None, service.capabilities)
-    return JsonResponse(body)
+    return JsonResponse(await service.run(request, "capabilities", None, service.capabilities))
 
 
 @router.post("/list/{resource}", openapi_extra={"requestBody": {"required": False}})
-async def list_rows(resource: str, request: Request, session: SessionDep) -> JsonResponse:
+async def list_rows(resource: str, request: Request) -> JsonResponse:
     service = _service(request)
 
-    async def action(context: Any) -> Any:
+    async def action(conn: Connection, context: FederationContext) -> VerbResult:
         payload = await parse_body(request, ListRequest, required=False)
-        return await service.list(session, context, resource, payload)
+        return await service.list(conn, context, resource, payload)
 
-    return JsonResponse(await service.run(request, session, "list", resource, action))
+    return JsonResponse(await service.run(request, "list", resource, action))
 
 
 @router.post("/search/{resource}")
-async def search_rows(resource: str, request: Request, session: SessionDep) -> JsonResponse:
+async def search_rows(resource: str, request: Request) -> JsonResponse:
     service = _service(request)
 
-    async def action(context: Any) -> Any:
+    async def action(conn: Connection, context: FederationContext) -> VerbResult:
         payload = await parse_body(request, SearchRequest, required=True)
-        return await service.search(session, context, resource, payload)
+        return await service.search(conn, context, resource, payload)
 
-    return JsonResponse(await service.run(request, session, "search", resource, action))
+    return JsonResponse(await service.run(request, "search", resource, action))
 
 
 @router.post("/get/{resource}/{row_id}")
-async def get_row(
-    resource: str, row_id: str, request: Request, session: SessionDep
-) -> JsonResponse:
+async def get_row(resource: str, row_id: str, request: Request) -> JsonResponse:
     service = _service(request)
 
-    async def action(context: Any) -> Any:
-        return await service.get(session, context, resource, row_id)
+    async def action(conn: Connection, context: FederationContext) -> VerbResult:
+        return await service.get(conn, context, resource, row_id)
 
-    return JsonResponse(await service.run(request, session, "get", resource, action))
+    return JsonResponse(await service.run(request, "get", resource, action))
 
 
 @router.post("/renew")
 async def renew(request: Request, session: SessionDep) -> JsonResponse:
+    """Renewal writes (grant lock, certificate record) in the request's session; the allowed
+    audit row commits with them."""
     service = _service(request)
     renewer: Renewer = request.app.state.renewer
 
-    async def action(context: Any) -> Any:
+    async def action(conn: Connection, context: FederationContext) -> VerbResult:
         payload = await parse_body(request, RenewRequest, required=True)
         return await renewer.renew(session, context, payload)
 
-    return JsonResponse(await service.run(request, session, "renew", None, action))
+    return JsonResponse(await service.run(request, "renew", None, action, audit_session=session))
 
 
 @router.api_route(
@@ -113,10 +114,10 @@ async def renew(request: Request, session: SessionDep) -> JsonResponse:
     methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
     include_in_schema=False,
 )
-async def unknown_verb(unknown: str, request: Request, session: SessionDep) -> JsonResponse:
+async def unknown_verb(unknown: str, request: Request) -> JsonResponse:
     service = _service(request)
 
-    async def action(context: Any) -> Any:
+    async def action(conn: Connection, context: FederationContext) -> VerbResult:
         raise NotFound("no such verb", code="unknown_verb")
 
-    return JsonResponse(await service.run(request, session, "unknown", None, action))
+    return JsonResponse(await service.run(request, "unknown", None, action))

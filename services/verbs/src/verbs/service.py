@@ -1,8 +1,10 @@
 """The verbs: capabilities, list, get, search — each wrapped so exactly one audit row is written
 per request, allowed or denied, with the reason code and row count.
 
-An allowed read and its audit row share the request's transaction. A refusal rolls back and
-writes its audit row in a transaction of its own.
+A verb call runs on one raw psycopg connection in autocommit mode (:mod:`verbs.reads`): the
+certificate binding, the rows, then the audit row, each committed by its own statement, so the
+audit row is in the database before the response is sent. Renewal writes through the request's
+SQLAlchemy session, and its allowed audit row commits together with the renewal.
 """
 
 from __future__ import annotations
@@ -11,13 +13,18 @@ import base64
 import binascii
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from psycopg import AsyncConnection
+from psycopg.pq import TransactionStatus
+from psycopg_pool import AsyncConnectionPool
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from fedcore.audit import AuditEvent, write_audit, write_audit_now
+from fedcore.audit import AuditEvent, insert_audit, write_audit
+from fedcore.db import contention_error
 from fedcore.errors import BadRequest, DomainError, Forbidden, NotFound
 from fedcore.models import ActorType, AuditOutcome
 from fedcore.scope import ScopePolicy
@@ -29,12 +36,14 @@ from fedcore.scope_evaluator import (
     evaluate,
     known_resource,
 )
-from verbs import repository
+from verbs import reads
 from verbs.auth import FederationContext, InboundAuthenticator, PartialIdentity
+from verbs.reads import Connection
 from verbs.schemas import ListRequest, SearchRequest, VerbFilter
 
 SUPPORTED_VERBS = ["capabilities", "list", "get", "search"]
 VerbResult = tuple[dict[str, Any], int | None]
+VerbAction = Callable[[Connection, FederationContext], Awaitable[VerbResult]]
 
 
 def encode_cursor(last_id: uuid.UUID) -> str:
@@ -51,58 +60,57 @@ def decode_cursor(cursor: str | None) -> uuid.UUID | None:
         raise BadRequest("cursor is not valid", code="invalid_cursor") from None
 
 
-def _filters(resource: str, requested: VerbFilter | None) -> repository.ContentFilters:
+def _filters(resource: str, requested: VerbFilter | None) -> reads.ContentFilters:
     if requested is None:
-        return repository.ContentFilters()
+        return reads.ContentFilters()
     if resource not in CONTENT_RESOURCES and (requested.status or requested.updated_since):
         raise BadRequest("filters apply to tasks, notes and credentials", code="invalid_filter")
     if requested.status is not None and resource != "tasks":
         raise BadRequest("status filters apply to tasks only", code="invalid_filter")
-    return repository.ContentFilters(status=requested.status, updated_since=requested.updated_since)
+    return reads.ContentFilters(status=requested.status, updated_since=requested.updated_since)
 
 
 @dataclass
 class VerbService:
     authenticator: InboundAuthenticator
-    sessionmaker: async_sessionmaker[AsyncSession]
+    pool: AsyncConnectionPool[AsyncConnection[Any]]
     policy: ScopePolicy
     source_name: str
 
     async def run(
         self,
         request: Request,
-        session: AsyncSession,
         verb: str,
         resource: str | None,
-        action: Callable[[FederationContext], Awaitable[VerbResult]],
+        action: VerbAction,
+        audit_session: AsyncSession | None = None,
     ) -> dict[str, Any]:
+        """Authenticate, run ``action``, write the one audit row. With ``audit_session`` the
+        allowed row joins that session's transaction (a write the row describes)."""
         known = PartialIdentity()
         # Only names we know go into the audit row: the path segment is the peer's text.
         audited_resource = resource if resource is None or known_resource(resource) else "unknown"
-        try:
-            context = await self.authenticator.authenticate(request, session, known)
-            body, row_count = await action(context)
-        except DomainError as refusal:
-            await session.rollback()
-            outcome = AuditOutcome.ERROR if refusal.status_code >= 500 else AuditOutcome.DENIED
-            await write_audit_now(
-                self.sessionmaker,
-                self._event(verb, audited_resource, known, outcome, refusal.audit_reason, None),
-            )
-            raise
-        except Exception as failure:
-            # Anything unexpected (a database error, …) is still one audited request.
-            await session.rollback()
-            await write_audit_now(
-                self.sessionmaker,
-                self._event(
-                    verb, audited_resource, known, AuditOutcome.ERROR, "internal_error", None
-                ),
-            )
-            raise failure
-        await write_audit(
-            session,
-            self._event(
+
+        def event(outcome: AuditOutcome, reason: str | None, rows: int | None) -> AuditEvent:
+            return self._event(verb, audited_resource, known, outcome, reason, rows)
+
+        async with self._connection() as conn:
+            try:
+                context = await self.authenticator.authenticate(request, conn, known)
+                body, row_count = await action(conn, context)
+            except DomainError as refusal:
+                outcome = AuditOutcome.ERROR if refusal.status_code >= 500 else AuditOutcome.DENIED
+                await self._audit_refusal(conn, event(outcome, refusal.audit_reason, None))
+                raise
+            except Exception as failure:
+                # Anything unexpected (a database error, …) is still one audited request.
+                busy = contention_error(failure)
+                reason = busy.code if busy is not None else "internal_error"
+                await self._audit_refusal(conn, event(AuditOutcome.ERROR, reason, None))
+                if busy is not None:
+                    raise busy from None
+                raise
+            allowed = self._event(
                 verb,
                 audited_resource,
                 PartialIdentity(
@@ -114,9 +122,24 @@ class VerbService:
                 AuditOutcome.ALLOWED,
                 None,
                 row_count,
-            ),
-        )
+            )
+            if audit_session is not None:
+                await write_audit(audit_session, allowed)
+            else:
+                await insert_audit(conn, allowed)
         return body
+
+    def _connection(self) -> AbstractAsyncContextManager[Connection]:
+        return self.pool.connection()
+
+    async def _audit_refusal(self, conn: Connection, event: AuditEvent) -> None:
+        """The refusal's audit row: on the request's connection when it is still usable (a
+        statement that failed in autocommit leaves it idle), else on a fresh one."""
+        if not conn.broken and conn.info.transaction_status == TransactionStatus.IDLE:
+            await insert_audit(conn, event)
+            return
+        async with self._connection() as fresh:
+            await insert_audit(fresh, event)
 
     @staticmethod
     def _event(
@@ -143,7 +166,7 @@ class VerbService:
 
     # -- the verbs ---------------------------------------------------------------------------
 
-    async def capabilities(self, context: FederationContext) -> VerbResult:
+    async def capabilities(self, conn: Connection, context: FederationContext) -> VerbResult:
         return (
             {
                 "resources": effective_resources(context.scope, self.policy),
@@ -157,12 +180,14 @@ class VerbService:
             None,
         )
 
-    async def _allowed(
-        self, session: AsyncSession, context: FederationContext, resource: str, limit: int | None
-    ) -> Allowed:
-        teams = await repository.member_team_ids(session, context.subject_user_id)
+    def _allowed(self, context: FederationContext, resource: str, limit: int | None) -> Allowed:
         decision = evaluate(
-            context.scope, self.policy, resource, context.subject_user_id, teams, limit
+            context.scope,
+            self.policy,
+            resource,
+            context.subject_user_id,
+            context.subject_team_ids,
+            limit,
         )
         if isinstance(decision, Allowed):
             return decision
@@ -190,25 +215,25 @@ class VerbService:
         )
 
     async def list(
-        self, session: AsyncSession, context: FederationContext, resource: str, body: ListRequest
+        self, conn: Connection, context: FederationContext, resource: str, body: ListRequest
     ) -> VerbResult:
-        allowed = await self._allowed(session, context, resource, body.limit)
+        allowed = self._allowed(context, resource, body.limit)
         after = decode_cursor(body.cursor)
         filters = _filters(resource, body.filter)
         if resource in CONTENT_RESOURCES:
-            rows = await repository.list_content(session, resource, allowed.rows, after, filters)
+            rows = await reads.list_content(conn, resource, allowed.rows, after, filters)
         else:
-            rows = await repository.list_directory(session, resource, allowed.rows, after)
+            rows = await reads.list_directory(conn, resource, allowed.rows, after)
         return self._page(rows, allowed.rows.limit)
 
     async def search(
-        self, session: AsyncSession, context: FederationContext, resource: str, body: SearchRequest
+        self, conn: Connection, context: FederationContext, resource: str, body: SearchRequest
     ) -> VerbResult:
-        allowed = await self._allowed(session, context, resource, body.limit)
+        allowed = self._allowed(context, resource, body.limit)
         if resource not in CONTENT_RESOURCES:
             raise BadRequest("search covers tasks, notes and credentials", code="invalid_search")
-        rows = await repository.list_content(
-            session,
+        rows = await reads.list_content(
+            conn,
             resource,
             allowed.rows,
             decode_cursor(body.cursor),
@@ -218,18 +243,18 @@ class VerbService:
         return self._page(rows, allowed.rows.limit)
 
     async def get(
-        self, session: AsyncSession, context: FederationContext, resource: str, row_id: str
+        self, conn: Connection, context: FederationContext, resource: str, row_id: str
     ) -> VerbResult:
-        allowed = await self._allowed(session, context, resource, None)
+        allowed = self._allowed(context, resource, None)
         not_found = NotFound("no such row", code="not_found")
         try:
             parsed = uuid.UUID(row_id)
         except ValueError:
             raise not_found from None
         if resource in CONTENT_RESOURCES:
-            row = await repository.get_content(session, resource, allowed.rows, parsed)
+            row = await reads.get_content(conn, resource, allowed.rows, parsed)
         else:
-            row = await repository.get_directory(session, resource, allowed.rows, parsed)
+            row = await reads.get_directory(conn, resource, allowed.rows, parsed)
         # Absent and out-of-scope answer the same: no existence oracle.
         if row is None:
             raise not_found

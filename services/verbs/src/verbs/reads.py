@@ -1,0 +1,268 @@
+"""The inbound verbs' statements, as SQL on a raw psycopg connection (the hot path).
+
+Every verb call sends at most three statements, each one round trip on an autocommit
+connection: the certificate binding (certificate + grant + peer + the subject's teams), the rows,
+and the audit row (``fedcore.audit.insert_audit``). SQLAlchemy's execution layer cost 0.3-1 ms
+of CPU per statement here, several times the statement itself (docs/performance.md); raw psycopg
+with server-side binding and its automatic prepared statements costs what the bare endpoint
+costs. Values are always bound parameters; only the fixed column lists and clause texts below
+are put together into the statements.
+
+Every row query applies a :class:`~fedcore.scope_evaluator.RowFilter` in SQL, so a row outside
+the scope never leaves the database. Pagination is keyset on ``id``.
+
+Autocommit is safe: these are reads, each at READ COMMITTED (as inside a transaction), and the
+audit row is committed by its own statement before the response is sent.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+
+from fedcore.models import GrantStatus, PeerState
+from fedcore.scope_evaluator import RowFilter
+
+Connection = AsyncConnection[Any]
+
+# Columns a peer may see, per resource (never search_vector or anything added later by default).
+CONTENT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "tasks": (
+        "id",
+        "title",
+        "body",
+        "status",
+        "owner_user_id",
+        "team_id",
+        "created_at",
+        "updated_at",
+    ),
+    "notes": ("id", "title", "body", "owner_user_id", "team_id", "created_at", "updated_at"),
+    "credentials": (
+        "id",
+        "title",
+        "body",
+        "login",
+        "owner_user_id",
+        "team_id",
+        "created_at",
+        "updated_at",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class CertificateBinding:
+    fingerprint_sha256: str
+    revoked_at: datetime | None
+    cert_peer_id: uuid.UUID
+    grant_id: uuid.UUID
+    grant_subject_user_id: uuid.UUID
+    grant_peer_id: uuid.UUID
+    grant_status: GrantStatus
+    grant_expires_at: datetime | None
+    scope: dict[str, Any]
+    peer_state: PeerState
+    peer_name: str
+    # The grant's subject user's teams, read in the same statement (the scope rule needs them).
+    subject_team_ids: frozenset[uuid.UUID]
+
+
+_BINDING_SQL = """
+SELECT c.fingerprint_sha256, c.revoked_at, c.peer_id,
+       g.id, g.subject_user_id, g.peer_id, g.status, g.expires_at, g.scope,
+       p.state, p.name,
+       (SELECT array_agg(m.team_id) FROM team_members m WHERE m.user_id = g.subject_user_id)
+  FROM federation_certificates c
+  JOIN federation_grants g ON g.id = c.grant_id
+  JOIN federation_peers p ON p.id = c.peer_id
+ WHERE c.serial = %(serial)s
+"""
+
+
+async def load_certificate_binding(conn: Connection, serial: str) -> CertificateBinding | None:
+    """Certificate record + its grant + its peer + the subject's teams, in one indexed query.
+
+    Fresh on every request (no cache): revocation, suspension and leaving a team take effect on
+    the next call.
+    """
+    async with conn.cursor() as cur:
+        await cur.execute(_BINDING_SQL, {"serial": serial})
+        row = await cur.fetchone()
+    if row is None:
+        return None
+    values: list[Any] = list(row)
+    values[6] = GrantStatus(values[6])
+    values[9] = PeerState(values[9])
+    values[-1] = frozenset(values[-1] or ())  # array_agg over no rows is NULL
+    return CertificateBinding(*values)
+
+
+async def member_team_ids(conn: Connection, user_id: uuid.UUID) -> frozenset[uuid.UUID]:
+    """The user's teams now (the local query's native permission rule)."""
+    async with conn.cursor() as cur:
+        await cur.execute("SELECT team_id FROM team_members WHERE user_id = %(user_id)s",
+                          {"user_id": user_id})  # fmt: skip
+        return frozenset(row[0] for row in await cur.fetchall())
+
+
+@dataclass(frozen=True)
+class ContentFilters:
+    status: str | None = None
+    updated_since: datetime | None = None
+
+
+def _visibility(personal: bool, teams: bool) -> str:
+    clauses = []
+    if personal:
+        clauses.append("(owner_user_id = %(subject_user_id)s AND team_id IS NULL)")
+    if teams:
+        clauses.append("team_id = ANY(%(team_ids)s)")
+    return "(" + " OR ".join(clauses) + ")" if clauses else "false"
+
+
+def _visibility_params(rows: RowFilter) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if rows.include_personal:
+        params["subject_user_id"] = rows.subject_user_id
+    if rows.team_ids:
+        params["team_ids"] = sorted(rows.team_ids)
+    return params
+
+
+# A query's shape: which optional clauses it has. Values are always bound parameters, so the
+# text of one shape is the same on every call (psycopg prepares it after a few executions).
+_ListShape = tuple[str, bool, bool, bool, bool, bool, bool]
+
+
+@functools.cache
+def _list_sql(shape: _ListShape) -> str:
+    resource, personal, teams, status, updated_since, search, after = shape
+    where = [_visibility(personal, teams)]
+    if status:
+        where.append("status = %(status)s")
+    if updated_since:
+        where.append("updated_at >= %(updated_since)s")
+    if search:
+        where.append("search_vector @@ plainto_tsquery('simple', %(search)s)")
+    if after:
+        where.append("id > %(after)s")
+    columns = ", ".join(CONTENT_COLUMNS[resource])
+    return (
+        f"SELECT {columns} FROM {resource} WHERE {' AND '.join(where)} "  # noqa: S608 - fixed texts
+        "ORDER BY id LIMIT %(row_limit)s"
+    )
+
+
+@functools.cache
+def _get_sql(resource: str, personal: bool, teams: bool) -> str:
+    columns = ", ".join(CONTENT_COLUMNS[resource])
+    visible = _visibility(personal, teams)
+    return f"SELECT {columns} FROM {resource} WHERE id = %(row_id)s AND {visible}"  # noqa: S608
+
+
+async def _dicts(conn: Connection, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(sql, params)  # built from fixed texts only
+        return await cur.fetchall()
+
+
+async def list_content(
+    conn: Connection,
+    resource: str,
+    rows: RowFilter,
+    after: uuid.UUID | None,
+    filters: ContentFilters,
+    search: str | None = None,
+) -> list[dict[str, Any]]:
+    """Up to ``rows.limit + 1`` visible rows after ``after`` (the extra one says "more")."""
+    if resource not in CONTENT_COLUMNS:  # the table name is part of the text: known names only
+        raise ValueError(f"not a content resource: {resource!r}")
+    sql = _list_sql(
+        (
+            resource,
+            rows.include_personal,
+            bool(rows.team_ids),
+            filters.status is not None,
+            filters.updated_since is not None,
+            search is not None,
+            after is not None,
+        )
+    )
+    params = _visibility_params(rows)
+    params["row_limit"] = rows.limit + 1
+    optional = {
+        "status": filters.status,
+        "updated_since": filters.updated_since,
+        "search": search,
+        "after": after,
+    }
+    params.update({name: value for name, value in optional.items() if value is not None})
+    return await _dicts(conn, sql, params)
+
+
+async def get_content(
+    conn: Connection, resource: str, rows: RowFilter, row_id: uuid.UUID
+) -> dict[str, Any] | None:
+    if resource not in CONTENT_COLUMNS:
+        raise ValueError(f"not a content resource: {resource!r}")
+    params = _visibility_params(rows)
+    params["row_id"] = row_id
+    found = await _dicts(
+        conn, _get_sql(resource, rows.include_personal, bool(rows.team_ids)), params
+    )
+    return found[0] if found else None
+
+
+# The directory: teams are visible when the scope covers them; users when they are the subject
+# (personal rows) or members of a visible team.
+_TEAMS_SQL = "SELECT id, name, created_at FROM teams WHERE id = ANY(%(team_ids)s)"
+_USERS_COLUMNS = "SELECT id, username, display_name FROM users WHERE "
+_USERS_PERSONAL = "id = %(subject_user_id)s"
+_USERS_TEAMS = "id IN (SELECT user_id FROM team_members WHERE team_id = ANY(%(team_ids)s))"
+
+
+def _directory_sql(resource: str, rows: RowFilter) -> str | None:
+    """The directory query's text, or None when the scope lets no row through."""
+    if resource == "teams":
+        return _TEAMS_SQL if rows.team_ids else None
+    if resource != "users":
+        raise ValueError(f"not a directory resource: {resource!r}")
+    clauses = []
+    if rows.include_personal:
+        clauses.append(_USERS_PERSONAL)
+    if rows.team_ids:
+        clauses.append(_USERS_TEAMS)
+    return _USERS_COLUMNS + "(" + " OR ".join(clauses) + ")" if clauses else None
+
+
+async def list_directory(
+    conn: Connection, resource: str, rows: RowFilter, after: uuid.UUID | None
+) -> list[dict[str, Any]]:
+    sql = _directory_sql(resource, rows)
+    if sql is None:
+        return []
+    params = _visibility_params(rows)
+    params["row_limit"] = rows.limit + 1
+    if after is not None:
+        sql += " AND id > %(after)s"
+        params["after"] = after
+    return await _dicts(conn, sql + " ORDER BY id LIMIT %(row_limit)s", params)
+
+
+async def get_directory(
+    conn: Connection, resource: str, rows: RowFilter, row_id: uuid.UUID
+) -> dict[str, Any] | None:
+    sql = _directory_sql(resource, rows)
+    if sql is None:
+        return None
+    params = _visibility_params(rows)
+    params["row_id"] = row_id
+    found = await _dicts(conn, sql + " AND id = %(row_id)s", params)
+    return found[0] if found else None
