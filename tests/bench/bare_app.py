@@ -1,7 +1,8 @@
 """The bench's *bare* endpoint: the physical limit the verbs are measured against.
 
-Same framework and server settings as the services (FastAPI on uvicorn with uvloop + httptools,
-one process), same nginx location rules in front (mTLS, identity headers, rate-limit zone), and
+Same framework and server settings as the verbs (FastAPI on uvicorn with uvloop + httptools,
+as many worker processes as the verbs run: ``BENCH_BARE_WORKERS``), same nginx location rules
+in front (mTLS, identity headers, rate-limit zone), and
 the same SQL the verbs send for the answer itself — but nothing else: no proxy-secret check, no
 certificate re-verification, no grant/peer/membership read, no scope evaluation, no audit row,
 no SQLAlchemy. Raw psycopg pool + orjson. Bench-only: never shipped in the services.
@@ -133,9 +134,9 @@ def create_app(
     return app
 
 
-def main() -> None:
+def app_from_env() -> FastAPI:
     env = os.environ
-    app = create_app(
+    return create_app(
         conninfo=env["BENCH_BARE_CONNINFO"],
         user_id=uuid.UUID(env["BENCH_BARE_USER_ID"]),
         team_ids=[uuid.UUID(t) for t in json.loads(env["BENCH_BARE_TEAM_IDS"])],
@@ -144,8 +145,15 @@ def main() -> None:
         limit=int(env["BENCH_BARE_LIMIT"]),
         pool_size=int(env.get("BENCH_BARE_POOL_SIZE", "10")),
     )
+
+
+def main() -> None:
+    env = os.environ
+    workers = int(env.get("BENCH_BARE_WORKERS", "1"))
     uvicorn.run(
-        app,
+        "tests.bench.bare_app:app_from_env",
+        factory=True,
+        workers=workers if workers > 1 else None,
         host=env["BENCH_BARE_HOST"],
         port=int(env["BENCH_BARE_PORT"]),
         log_config=None,

@@ -158,6 +158,12 @@ def bench_scope(world: seed.BenchWorld) -> dict[str, Any]:
     }
 
 
+def verbs_workers() -> int:
+    """The verbs' worker count in this run (MOSAIC_VERBS_WORKERS, passed on by the launcher, or
+    their default: one per available core)."""
+    return int(os.environ.get("MOSAIC_VERBS_WORKERS") or len(os.sched_getaffinity(0)))
+
+
 def start_bare(run: Run, world: seed.BenchWorld, peer: BenchPeer) -> str:
     assert run.gw is not None
     bare_host = run.gw.spec.host
@@ -172,6 +178,8 @@ def start_bare(run: Run, world: seed.BenchWorld, peer: BenchPeer) -> str:
         "BENCH_BARE_LIMIT": str(ROW_LIMIT),
         "BENCH_BARE_HOST": bare_host,
         "BENCH_BARE_PORT": str(port),
+        # As many worker processes as the verbs run (their default: one per available core).
+        "BENCH_BARE_WORKERS": str(verbs_workers()),
         "PYTHONUNBUFFERED": "1",
     }
     run.bare = spawn(
@@ -553,6 +561,7 @@ def bench(run: Run) -> None:
 
     load = Load(run, peer)
     run.results["load_generator"] = {"tool": load.tool, "connections": cfg.connections}
+    run.results["workers"] = {"verbs": verbs_workers(), "bench_bare": verbs_workers()}
     print(f"bench: load generator {load.tool}, {cfg.connections} connections", flush=True)
     ceiling = load(Request("GET", ("/bench-static",)), max(3.0, cfg.seconds / 2))
     run.results["nginx_static_mtls"] = ceiling.to_json()

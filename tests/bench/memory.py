@@ -1,7 +1,7 @@
 """Resident memory of the gateway's processes (PIDs from the launcher's state file).
 
-Single processes report RSS. nginx and Postgres are process groups whose members share pages
-(nginx's workers, Postgres' shared buffers), so those report the sum of PSS over the group.
+Single processes report RSS. A process with children (nginx's workers, Postgres' backends, the
+verbs' uvicorn workers) reports the sum of PSS over it and its children: they share pages.
 """
 
 from __future__ import annotations
@@ -45,23 +45,25 @@ def children(pid: int) -> list[int]:
 
 
 def snapshot(pids: dict[str, int]) -> dict[str, float]:
-    """MiB per process name; nginx/postgres as group PSS."""
+    """MiB per process name; a process with children as their PSS summed."""
     out: dict[str, float] = {}
     for name, pid in sorted(pids.items()):
-        if name in ("nginx", "postgres"):
-            kb = sum(_pss_kb(p) for p in (pid, *children(pid)))
-        else:
-            kb = _status_kb(pid, "VmRSS")
+        kids = children(pid)
+        kb = sum(_pss_kb(p) for p in (pid, *kids)) if kids else _status_kb(pid, "VmRSS")
         if kb:
             out[name] = round(kb / 1024, 1)
     return out
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process has used so far (children not included)."""
+def _own_cpu_seconds(pid: int) -> float:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return 0.0
     fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process and its live children (workers) have used so far."""
+    return sum(_own_cpu_seconds(p) for p in (pid, *children(pid)))

@@ -85,7 +85,11 @@ def spawn(
 
 
 def stop(record: ProcessRecord, sig: int = signal.SIGTERM, timeout: float = 15.0) -> bool:
-    """Stop a recorded process if it is still the one we started. Returns True if it was."""
+    """Stop a recorded process if it is still the one we started. Returns True if it was.
+
+    The signal goes to the recorded process (a supervisor such as uvicorn's stops its own
+    workers); if it does not exit in time, its whole process group is killed (every process was
+    started in a session of its own, so the group is its and its workers')."""
     if not record.is_alive():
         _reap(record.pid)  # it may have died on its own: collect it so no zombie lingers
         return False
@@ -94,10 +98,11 @@ def stop(record: ProcessRecord, sig: int = signal.SIGTERM, timeout: float = 15.0
     while time.monotonic() < deadline:
         if not record.is_alive():
             _reap(record.pid)
+            _kill_group(record.pid)  # a worker its supervisor failed to stop
             return True
         _reap(record.pid)
         time.sleep(0.05)
-    os.kill(record.pid, signal.SIGKILL)
+    _kill_group(record.pid)
     for _ in range(100):
         _reap(record.pid)
         if not record.is_alive():
@@ -105,6 +110,13 @@ def stop(record: ProcessRecord, sig: int = signal.SIGTERM, timeout: float = 15.0
         time.sleep(0.05)
     _reap(record.pid)
     return True
+
+
+def _kill_group(leader_pid: int) -> None:
+    """SIGKILL what is left of the process group ``spawn`` made for ``leader_pid``. While any
+    member lives, the group id cannot be reused, so this reaches only our processes."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(leader_pid, signal.SIGKILL)
 
 
 def _reap(pid: int) -> None:

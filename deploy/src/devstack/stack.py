@@ -171,6 +171,8 @@ def service_environment(spec: GatewaySpec, secret: dict[str, str], service: str)
     elif service == "verbs":
         env[f"{prefix}CA_BUNDLE_PATH"] = str(spec.pki_dir / "client-ca.pem")
         env[f"{prefix}CA_BROKER_URL"] = broker_url  # renewal: POST /api/federation/v1/renew
+        if os.environ.get("MOSAIC_VERBS_WORKERS"):  # default: one worker per available core
+            env[f"{prefix}WORKERS"] = os.environ["MOSAIC_VERBS_WORKERS"]
     return env
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import uvicorn
 from fastapi import FastAPI
@@ -57,7 +57,30 @@ async def _wait_for_database(settings: ServiceSettings) -> bool:
         await engine.dispose()
 
 
-def run_service(service: str, settings_cls: type[S], app_factory: Callable[[S], FastAPI]) -> None:
+def worker_app(service: str, settings_cls: type[S], app_factory: Callable[[S], FastAPI]) -> FastAPI:
+    """The app of one worker process (``workers > 1``): uvicorn starts each worker afresh, so
+    settings and logging are set up again there, from the same environment."""
+    settings = load_settings_or_exit(service, settings_cls)
+    configure_logging(service, settings.log_level)
+    return app_factory(settings)
+
+
+def run_service(
+    service: str,
+    settings_cls: type[S],
+    app_factory: Callable[[S], FastAPI],
+    *,
+    workers: Callable[[S], int] | None = None,
+    worker_factory: str | None = None,
+) -> None:
+    """Check the configuration and the database, then serve.
+
+    A service that may run several worker processes passes ``workers`` (how many, from its
+    settings) and ``worker_factory``, the import string of a zero-argument function returning
+    its app (built with :func:`worker_app`): uvicorn's supervisor imports it in every worker,
+    shares one listening socket between them and restarts a worker that dies. The checks run
+    once, here, before any worker starts.
+    """
     settings = load_settings_or_exit(service, settings_cls)
     configure_logging(service, settings.log_level)
     if not asyncio.run(_wait_for_database(settings)):
@@ -67,16 +90,19 @@ def run_service(service: str, settings_cls: type[S], app_factory: Callable[[S], 
             file=sys.stderr,
         )
         raise SystemExit(EXIT_DB_UNREACHABLE)
-    app = app_factory(settings)
-    uvicorn.run(
-        app,
-        host=settings.bind_host,
-        port=settings.bind_port,
-        log_config=None,
-        access_log=False,
-        proxy_headers=False,
-        server_header=False,
-        loop="uvloop",
-        http="httptools",
-        timeout_keep_alive=75,
-    )
+    count = workers(settings) if workers is not None else 1
+    server_options: dict[str, Any] = {
+        "host": settings.bind_host,
+        "port": settings.bind_port,
+        "log_config": None,
+        "access_log": False,
+        "proxy_headers": False,
+        "server_header": False,
+        "loop": "uvloop",
+        "http": "httptools",
+        "timeout_keep_alive": 75,
+    }
+    if count > 1 and worker_factory is not None:
+        uvicorn.run(worker_factory, factory=True, workers=count, **server_options)
+    else:
+        uvicorn.run(app_factory(settings), **server_options)

@@ -1,4 +1,5 @@
-"""``python -m verbs``: start the service under uvicorn (see ``fedcore.runner``)."""
+"""``python -m verbs``: start the service under uvicorn, one worker process per core by
+default (see ``fedcore.runner``; ``FED_VERBS_WORKERS``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ from verbs.settings import Settings
 
 
 def main() -> None:
-    run_service("verbs", Settings, create_app)
+    run_service(
+        "verbs",
+        Settings,
+        create_app,
+        workers=lambda settings: settings.workers,
+        worker_factory="verbs.app:create_worker_app",
+    )
 
 
 if __name__ == "__main__":

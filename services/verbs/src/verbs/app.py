@@ -12,6 +12,7 @@ from fedcore.broker_client import CaBrokerClient
 from fedcore.client_cert import ForwardedCertVerifier
 from fedcore.db import create_raw_pool
 from fedcore.federation_client import ClientTimeouts, FederationClientPool
+from fedcore.runner import worker_app
 from verbs.auth import InboundAuthenticator
 from verbs.circuit import CircuitBreakers, CircuitPolicy
 from verbs.fanout import FanOut
@@ -21,6 +22,11 @@ from verbs.renewal import Renewer
 from verbs.routes import router
 from verbs.service import VerbService
 from verbs.settings import Settings
+
+
+def create_worker_app() -> FastAPI:
+    """One worker's app when the verbs run several (``python -m verbs``)."""
+    return worker_app("verbs", Settings, create_app)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

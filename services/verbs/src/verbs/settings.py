@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -15,6 +17,14 @@ class Settings(ServiceSettings):
     )
 
     bind_port: int = Field(default=9104, ge=1, le=65535)
+    # The verbs are the hot path and CPU-bound in Python: one worker process per core this
+    # process may run on (its CPU affinity; set it explicitly under a CPU quota).
+    workers: int = Field(
+        default_factory=lambda: len(os.sched_getaffinity(0)),
+        ge=1,
+        le=64,
+        description="uvicorn worker processes (default: one per available core)",
+    )
     ca_bundle_path: str = Field(
         min_length=1, description="PEM bundle (roots + intermediates) client certs must chain to"
     )
