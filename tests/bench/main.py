@@ -301,21 +301,29 @@ def compare_verbs(
     (steadier than rps when other work shares the box)."""
     cfg = run.cfg
 
-    def measured(request: Request, pid: int) -> tuple[LoadResult, float]:
-        before = memory.cpu_seconds(pid)
+    def measured(request: Request, pid: int) -> tuple[LoadResult, float, dict[str, float]]:
+        """The load's result, the app's CPU per request, and everyone's (ms per request)."""
+        who = {"app": pid, "postgres": pids["postgres"], "nginx": pids["nginx"]}
+        before = {name: memory.cpu_seconds(p) for name, p in who.items()}
+        machine_before = memory.machine_busy_seconds()
         result = load(request, cfg.seconds)
-        spent = memory.cpu_seconds(pid) - before
-        return result, (spent * 1000 / result.requests if result.requests else 0.0)
+        spent = {name: memory.cpu_seconds(p) - before[name] for name, p in who.items()}
+        spent["machine"] = memory.machine_busy_seconds() - machine_before
+        per_request = {
+            name: round(value * 1000 / result.requests, 3) if result.requests else 0.0
+            for name, value in spent.items()
+        }
+        return result, per_request["app"], per_request
 
     out: dict[str, Any] = {}
     for verb, (ours, bare) in pairs.items():
         load(bare, cfg.warmup)
         load(ours, cfg.warmup)
-        bare_result, bare_cpu = measured(bare, pids["bench_bare"])
-        ours_result, ours_cpu = measured(ours, pids["verbs"])
+        bare_result, bare_cpu, bare_split = measured(bare, pids["bench_bare"])
+        ours_result, ours_cpu, ours_split = measured(ours, pids["verbs"])
         out[verb] = {
-            "verbs": {**ours_result.to_json(), "cpu_ms_per_request": round(ours_cpu, 3)},
-            "bare": {**bare_result.to_json(), "cpu_ms_per_request": round(bare_cpu, 3)},
+            "verbs": {**ours_result.to_json(), "cpu_ms_per_request": ours_split},
+            "bare": {**bare_result.to_json(), "cpu_ms_per_request": bare_split},
         }
         errors = ours_result.errors + bare_result.errors
         print(
@@ -338,6 +346,14 @@ def compare_verbs(
         run.rows.append(
             Row(f"{label}: CPU/request (app process)", ours_cpu, "ms", bare_cpu, "bare endpoint")
         )
+        run.rows.append(
+            Row(f"{label}: CPU/request (Postgres)", ours_split["postgres"], "ms",
+                bare_split["postgres"], "bare endpoint")
+        )  # fmt: skip
+        run.rows.append(
+            Row(f"{label}: CPU/request (whole machine)", ours_split["machine"], "ms",
+                bare_split["machine"], "bare endpoint")
+        )  # fmt: skip
     run.results["verbs"] = out
 
 

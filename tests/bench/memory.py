@@ -67,3 +67,10 @@ def _own_cpu_seconds(pid: int) -> float:
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time the process and its live children (workers) have used so far."""
     return sum(_own_cpu_seconds(p) for p in (pid, *children(pid)))
+
+
+def machine_busy_seconds() -> float:
+    """CPU time all cores spent not idle so far (load generator, nginx, Postgres, apps, rest)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")

@@ -9,7 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
+from fedcore import pki
 from fedcore.dev_seed import SeededWorld
+from tests.support.db import fetch_all
 from tests.support.federation import PeerIdentity, enrolled_peer, seed_world
 from tests.support.stack import Gateway
 
@@ -259,3 +261,47 @@ async def test_revocation_refuses_the_very_next_call(
     latency = max(0.0, first_refusal - revoked_at)
     record_property("revocation_latency_seconds", round(latency, 4))
     print(f"revocation → first refusal: {latency * 1000:.1f} ms")
+
+
+async def test_each_read_leaves_one_audit_row_with_its_page_size(
+    gateway_a: Gateway, world: SeededWorld
+) -> None:
+    """list and search insert their audit row in the row query itself (verbs.reads): the row
+    names who read what, and counts the rows that left (the page, not the look-ahead row)."""
+    peer = await enrolled_peer(gateway_a, scope_for(world), user_id=world.users["alice"])
+    serial = pki.serial_hex(peer.cert)
+    calls = [
+        ("/list/tasks", {}, "verb.list", 3),  # more than 3 visible: a full page
+        ("/search/tasks", {"query": "personal"}, "verb.search", None),
+        ("/search/tasks", {"query": "finance"}, "verb.search", 0),  # nothing visible matches
+        ("/list/teams", {}, "verb.list", 1),  # the directory: audited after its read
+    ]
+    sizes, request_ids = [], []
+    async with peer.client(gateway_a) as client:
+        for path, body, _, _ in calls:
+            response = await client.post(path, json=body)
+            assert response.status_code == 200, response.text
+            sizes.append(len(response.json()["items"]))
+            request_ids.append(response.headers["x-request-id"])  # nginx's id for the request
+    rows = fetch_all(
+        gateway_a.database_url,
+        "SELECT action, outcome::text, reason_code, resource, row_count, grant_id, peer_id, "
+        "subject_user_id, actor_type::text, actor_id, request_id FROM federation_audit_log "
+        "WHERE cert_serial = %s AND action LIKE 'verb.%%' ORDER BY id",
+        (serial,),
+    )
+    assert len(rows) == len(calls)  # exactly one per request
+    for row, (path, _, action, expected_size), size, request_id in zip(
+        rows, calls, sizes, request_ids, strict=True
+    ):
+        assert row[:5] == (action, "allowed", None, path.rsplit("/", 1)[1], size)
+        if expected_size is not None:
+            assert size == expected_size
+        assert row[5:] == (
+            peer.grant.grant_id,
+            peer.grant.peer_id,
+            world.users["alice"],
+            "peer",
+            str(peer.grant.peer_id),
+            request_id,
+        )

@@ -4,7 +4,8 @@ attempt and verb call, allowed or denied.
 ``write_audit`` adds the row to the caller's session, so it commits (or not) together with the
 change it describes. Refusals that roll the main transaction back use ``write_audit_now``, which
 commits in a session of its own so the refusal is still recorded. ``insert_audit`` is the same
-row on a raw psycopg connection (the verbs' hot path, autocommit: committed by its statement).
+row on a raw psycopg connection (the verbs' hot path, autocommit: committed by its statement);
+``audit_insert_sql`` lets a read statement insert its own audit row (one round trip fewer).
 """
 
 from __future__ import annotations
@@ -68,17 +69,34 @@ async def write_audit_now(
 # The same row as raw SQL. Enum values go as text (psycopg sends str untyped, so Postgres casts
 # it to the column's enum type); request_id comes from the request-id middleware's context.
 _AUDIT_COLUMNS = (*_EVENT_FIELDS, "request_id")
-# The table and column names are fixed; values are bound parameters.
-_AUDIT_INSERT_SQL = (
-    f"INSERT INTO {FederationAuditLog.__tablename__} ({', '.join(_AUDIT_COLUMNS)}) "  # noqa: S608
-    f"VALUES ({', '.join(f'%({name})s' for name in _AUDIT_COLUMNS)})"
-)
 
 
-async def insert_audit(conn: AsyncConnection[Any], event: AuditEvent) -> None:
-    """Insert an audit row on ``conn`` (autocommit: the statement commits it)."""
+def audit_values(event: AuditEvent, prefix: str = "") -> dict[str, Any]:
+    """The row's values as statement parameters named ``<prefix><column>``."""
     values: dict[str, Any] = {name: getattr(event, name) for name in _EVENT_FIELDS}
     values["actor_type"] = event.actor_type.value
     values["outcome"] = event.outcome.value
     values["request_id"] = current_request_id()
-    await conn.execute(_AUDIT_INSERT_SQL, values)
+    return {prefix + name: value for name, value in values.items()}
+
+
+def audit_insert_sql(prefix: str = "", row_count_sql: str | None = None) -> str:
+    """``INSERT`` of one audit row from parameters named ``<prefix><column>``; with
+    ``row_count_sql`` the row count is that SQL expression instead (a statement that reads rows
+    and audits them at once, e.g. a data-modifying CTE). Table and column names are fixed."""
+    values = [
+        row_count_sql if name == "row_count" and row_count_sql else f"%({prefix}{name})s"
+        for name in _AUDIT_COLUMNS
+    ]
+    return (
+        f"INSERT INTO {FederationAuditLog.__tablename__} ({', '.join(_AUDIT_COLUMNS)}) "  # noqa: S608
+        f"VALUES ({', '.join(values)})"
+    )
+
+
+_AUDIT_INSERT_SQL = audit_insert_sql()
+
+
+async def insert_audit(conn: AsyncConnection[Any], event: AuditEvent) -> None:
+    """Insert an audit row on ``conn`` (autocommit: the statement commits it)."""
+    await conn.execute(_AUDIT_INSERT_SQL, audit_values(event))

@@ -2,17 +2,20 @@
 
 Every verb call sends at most three statements, each one round trip on an autocommit
 connection: the certificate binding (certificate + grant + peer + the subject's teams), the rows,
-and the audit row (``fedcore.audit.insert_audit``). SQLAlchemy's execution layer cost 0.3-1 ms
-of CPU per statement here, several times the statement itself (docs/performance.md); raw psycopg
-with server-side binding and its automatic prepared statements costs what the bare endpoint
-costs. Values are always bound parameters; only the fixed column lists and clause texts below
-are put together into the statements.
+and the audit row (``fedcore.audit.insert_audit``). ``list`` and ``search`` of content send two:
+their row query inserts the request's audit row itself (a data-modifying CTE, so the rows read
+and their audit row commit together, and neither without the other).
+
+SQLAlchemy's execution layer cost 0.3-1 ms of CPU per statement here, several times the
+statement itself (docs/performance.md); raw psycopg with server-side binding and its automatic
+prepared statements costs what the bare endpoint costs. Values are always bound parameters;
+only the fixed column lists and clause texts below are put together into the statements.
 
 Every row query applies a :class:`~fedcore.scope_evaluator.RowFilter` in SQL, so a row outside
 the scope never leaves the database. Pagination is keyset on ``id``.
 
 Autocommit is safe: these are reads, each at READ COMMITTED (as inside a transaction), and the
-audit row is committed by its own statement before the response is sent.
+audit row is committed by its statement before the response is sent.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
+from fedcore.audit import audit_insert_sql
 from fedcore.models import GrantStatus, PeerState
 from fedcore.scope_evaluator import RowFilter
 
@@ -160,6 +164,18 @@ def _list_sql(shape: _ListShape) -> str:
     )
 
 
+# The audited form of a page query: the page, and one audit row whose row count is the page's
+# size (the query reads one row more than the page to learn whether there are more).
+AUDIT_PREFIX = "audit_"
+_PAGE_SIZE = f"(SELECT LEAST(count(*), %({AUDIT_PREFIX}page_size)s) FROM page)"  # noqa: S608
+_PAGE_AUDIT = audit_insert_sql(AUDIT_PREFIX, row_count_sql=_PAGE_SIZE)
+
+
+@functools.cache
+def _audited_page_sql(page_sql: str) -> str:
+    return f"WITH page AS ({page_sql}), audit AS ({_PAGE_AUDIT}) SELECT * FROM page ORDER BY id"  # noqa: S608
+
+
 @functools.cache
 def _get_sql(resource: str, personal: bool, teams: bool) -> str:
     columns = ", ".join(CONTENT_COLUMNS[resource])
@@ -180,8 +196,12 @@ async def list_content(
     after: uuid.UUID | None,
     filters: ContentFilters,
     search: str | None = None,
+    audit: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Up to ``rows.limit + 1`` visible rows after ``after`` (the extra one says "more")."""
+    """Up to ``rows.limit + 1`` visible rows after ``after`` (the extra one says "more").
+
+    With ``audit`` (``fedcore.audit.audit_values(event, AUDIT_PREFIX)``) the same statement
+    inserts the request's audit row, its row count the page's size (at most ``rows.limit``)."""
     if resource not in CONTENT_COLUMNS:  # the table name is part of the text: known names only
         raise ValueError(f"not a content resource: {resource!r}")
     sql = _list_sql(
@@ -204,6 +224,10 @@ async def list_content(
         "after": after,
     }
     params.update({name: value for name, value in optional.items() if value is not None})
+    if audit is not None:
+        sql = _audited_page_sql(sql)
+        params.update(audit)
+        params[AUDIT_PREFIX + "page_size"] = rows.limit
     return await _dicts(conn, sql, params)
 
 

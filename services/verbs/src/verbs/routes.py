@@ -19,7 +19,7 @@ from verbs.auth import FederationContext
 from verbs.reads import Connection
 from verbs.renewal import Renewer
 from verbs.schemas import ListRequest, RenewRequest, SearchRequest
-from verbs.service import VerbResult, VerbService
+from verbs.service import AllowedAudit, VerbResult, VerbService
 
 router = APIRouter(prefix="/api/federation/v1", default_response_class=JsonResponse)
 M = TypeVar("M", bound=BaseModel)
@@ -67,9 +67,11 @@ async def capabilities(request: Request) -> JsonResponse:
 async def list_rows(resource: str, request: Request) -> JsonResponse:
     service = _service(request)
 
-    async def action(conn: Connection, context: FederationContext) -> VerbResult:
+    async def action(
+        conn: Connection, context: FederationContext, audit: AllowedAudit
+    ) -> VerbResult:
         payload = await parse_body(request, ListRequest, required=False)
-        return await service.list(conn, context, resource, payload)
+        return await service.list(conn, context, resource, payload, audit)
 
     return JsonResponse(await service.run(request, "list", resource, action))
 
@@ -78,9 +80,11 @@ async def list_rows(resource: str, request: Request) -> JsonResponse:
 async def search_rows(resource: str, request: Request) -> JsonResponse:
     service = _service(request)
 
-    async def action(conn: Connection, context: FederationContext) -> VerbResult:
+    async def action(
+        conn: Connection, context: FederationContext, audit: AllowedAudit
+    ) -> VerbResult:
         payload = await parse_body(request, SearchRequest, required=True)
-        return await service.search(conn, context, resource, payload)
+        return await service.search(conn, context, resource, payload, audit)
 
     return JsonResponse(await service.run(request, "search", resource, action))
 
@@ -89,8 +93,10 @@ async def search_rows(resource: str, request: Request) -> JsonResponse:
 async def get_row(resource: str, row_id: str, request: Request) -> JsonResponse:
     service = _service(request)
 
-    async def action(conn: Connection, context: FederationContext) -> VerbResult:
-        return await service.get(conn, context, resource, row_id)
+    async def action(
+        conn: Connection, context: FederationContext, audit: AllowedAudit
+    ) -> VerbResult:
+        return await service.get(conn, context, resource, row_id, audit)
 
     return JsonResponse(await service.run(request, "get", resource, action))
 
@@ -102,7 +108,9 @@ async def renew(request: Request, session: SessionDep) -> JsonResponse:
     service = _service(request)
     renewer: Renewer = request.app.state.renewer
 
-    async def action(conn: Connection, context: FederationContext) -> VerbResult:
+    async def action(
+        conn: Connection, context: FederationContext, audit: AllowedAudit
+    ) -> VerbResult:
         payload = await parse_body(request, RenewRequest, required=True)
         return await renewer.renew(session, context, payload)
 
@@ -117,7 +125,9 @@ async def renew(request: Request, session: SessionDep) -> JsonResponse:
 async def unknown_verb(unknown: str, request: Request) -> JsonResponse:
     service = _service(request)
 
-    async def action(conn: Connection, context: FederationContext) -> VerbResult:
+    async def action(
+        conn: Connection, context: FederationContext, audit: AllowedAudit
+    ) -> VerbResult:
         raise NotFound("no such verb", code="unknown_verb")
 
     return JsonResponse(await service.run(request, "unknown", None, action))

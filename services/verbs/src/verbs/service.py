@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -23,7 +24,7 @@ from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from fedcore.audit import AuditEvent, insert_audit, write_audit
+from fedcore.audit import AuditEvent, audit_values, insert_audit, write_audit
 from fedcore.db import contention_error
 from fedcore.errors import BadRequest, DomainError, Forbidden, NotFound
 from fedcore.models import ActorType, AuditOutcome
@@ -41,9 +42,25 @@ from verbs.auth import FederationContext, InboundAuthenticator, PartialIdentity
 from verbs.reads import Connection
 from verbs.schemas import ListRequest, SearchRequest, VerbFilter
 
+log = logging.getLogger("verbs.service")
+
 SUPPORTED_VERBS = ["capabilities", "list", "get", "search"]
 VerbResult = tuple[dict[str, Any], int | None]
-VerbAction = Callable[[Connection, FederationContext], Awaitable[VerbResult]]
+
+
+@dataclass
+class AllowedAudit:
+    """The allowed audit row of one verb call. ``run`` inserts it after the action, unless the
+    action's own read statement already did (``written``; see ``verbs.reads.list_content``)."""
+
+    event: AuditEvent
+    written: bool = False
+
+    def statement_values(self) -> dict[str, Any]:
+        return audit_values(self.event, reads.AUDIT_PREFIX)
+
+
+VerbAction = Callable[[Connection, FederationContext, AllowedAudit], Awaitable[VerbResult]]
 
 
 def encode_cursor(last_id: uuid.UUID) -> str:
@@ -95,34 +112,27 @@ class VerbService:
             return self._event(verb, audited_resource, known, outcome, reason, rows)
 
         async with self._connection() as conn:
+            audit: AllowedAudit | None = None
             try:
                 context = await self.authenticator.authenticate(request, conn, known)
-                body, row_count = await action(conn, context)
+                # `known` now holds the authenticated identity (serial, grant, subject, peer).
+                audit = AllowedAudit(event(AuditOutcome.ALLOWED, None, None))
+                body, row_count = await action(conn, context, audit)
             except DomainError as refusal:
                 outcome = AuditOutcome.ERROR if refusal.status_code >= 500 else AuditOutcome.DENIED
-                await self._audit_refusal(conn, event(outcome, refusal.audit_reason, None))
+                await self._audit_refusal(conn, audit, event(outcome, refusal.audit_reason, None))
                 raise
             except Exception as failure:
                 # Anything unexpected (a database error, …) is still one audited request.
                 busy = contention_error(failure)
                 reason = busy.code if busy is not None else "internal_error"
-                await self._audit_refusal(conn, event(AuditOutcome.ERROR, reason, None))
+                await self._audit_refusal(conn, audit, event(AuditOutcome.ERROR, reason, None))
                 if busy is not None:
                     raise busy from None
                 raise
-            allowed = self._event(
-                verb,
-                audited_resource,
-                PartialIdentity(
-                    serial=context.cert.serial,
-                    grant_id=context.grant_id,
-                    subject_user_id=context.subject_user_id,
-                    peer_id=context.peer_id,
-                ),
-                AuditOutcome.ALLOWED,
-                None,
-                row_count,
-            )
+            if audit.written:
+                return body
+            allowed = audit.event.with_outcome(AuditOutcome.ALLOWED, row_count=row_count)
             if audit_session is not None:
                 await write_audit(audit_session, allowed)
             else:
@@ -132,9 +142,18 @@ class VerbService:
     def _connection(self) -> AbstractAsyncContextManager[Connection]:
         return self.pool.connection()
 
-    async def _audit_refusal(self, conn: Connection, event: AuditEvent) -> None:
+    async def _audit_refusal(
+        self, conn: Connection, allowed: AllowedAudit | None, event: AuditEvent
+    ) -> None:
         """The refusal's audit row: on the request's connection when it is still usable (a
-        statement that failed in autocommit leaves it idle), else on a fresh one."""
+        statement that failed in autocommit leaves it idle), else on a fresh one. If the
+        request's read already committed its audit row (and something failed after it), that
+        row stands: one row per request."""
+        if allowed is not None and allowed.written:
+            log.warning(
+                "verb call failed after its audited read", extra={"code": event.reason_code}
+            )
+            return
         if not conn.broken and conn.info.transaction_status == TransactionStatus.IDLE:
             await insert_audit(conn, event)
             return
@@ -166,7 +185,9 @@ class VerbService:
 
     # -- the verbs ---------------------------------------------------------------------------
 
-    async def capabilities(self, conn: Connection, context: FederationContext) -> VerbResult:
+    async def capabilities(
+        self, conn: Connection, context: FederationContext, audit: AllowedAudit
+    ) -> VerbResult:
         return (
             {
                 "resources": effective_resources(context.scope, self.policy),
@@ -215,19 +236,32 @@ class VerbService:
         )
 
     async def list(
-        self, conn: Connection, context: FederationContext, resource: str, body: ListRequest
+        self,
+        conn: Connection,
+        context: FederationContext,
+        resource: str,
+        body: ListRequest,
+        audit: AllowedAudit,
     ) -> VerbResult:
         allowed = self._allowed(context, resource, body.limit)
         after = decode_cursor(body.cursor)
         filters = _filters(resource, body.filter)
         if resource in CONTENT_RESOURCES:
-            rows = await reads.list_content(conn, resource, allowed.rows, after, filters)
+            rows = await reads.list_content(
+                conn, resource, allowed.rows, after, filters, audit=audit.statement_values()
+            )
+            audit.written = True
         else:
             rows = await reads.list_directory(conn, resource, allowed.rows, after)
         return self._page(rows, allowed.rows.limit)
 
     async def search(
-        self, conn: Connection, context: FederationContext, resource: str, body: SearchRequest
+        self,
+        conn: Connection,
+        context: FederationContext,
+        resource: str,
+        body: SearchRequest,
+        audit: AllowedAudit,
     ) -> VerbResult:
         allowed = self._allowed(context, resource, body.limit)
         if resource not in CONTENT_RESOURCES:
@@ -239,11 +273,18 @@ class VerbService:
             decode_cursor(body.cursor),
             _filters(resource, body.filter),
             search=body.query,
+            audit=audit.statement_values(),
         )
+        audit.written = True
         return self._page(rows, allowed.rows.limit)
 
     async def get(
-        self, conn: Connection, context: FederationContext, resource: str, row_id: str
+        self,
+        conn: Connection,
+        context: FederationContext,
+        resource: str,
+        row_id: str,
+        audit: AllowedAudit,
     ) -> VerbResult:
         allowed = self._allowed(context, resource, None)
         not_found = NotFound("no such row", code="not_found")
