@@ -48,6 +48,19 @@ def create_engine(settings: PostgresSettings) -> AsyncEngine:
     )
 
 
+def libpq_conninfo(settings: PostgresSettings) -> str:
+    """The database URL for psycopg itself (without SQLAlchemy's ``+psycopg`` driver part)."""
+    url = make_url(settings.url.get_secret_value()).set(drivername="postgresql")
+    return url.render_as_string(hide_password=False)
+
+
+async def connect_raw(settings: PostgresSettings) -> psycopg.AsyncConnection[Any]:
+    """One autocommit connection outside any pool (e.g. a ``LISTEN`` that stays open)."""
+    return await psycopg.AsyncConnection.connect(
+        libpq_conninfo(settings), autocommit=True, **_connect_args(settings)
+    )
+
+
 def create_raw_pool(settings: PostgresSettings, *, name: str) -> AsyncConnectionPool[Any]:
     """A psycopg pool of autocommit connections, for a hot path's few fixed statements.
 
@@ -55,9 +68,8 @@ def create_raw_pool(settings: PostgresSettings, *, name: str) -> AsyncConnection
     per request saved): a connection broken under a request fails that request, and the pool
     drops it when it comes back. Opened by the caller (``await pool.open()``).
     """
-    url = make_url(settings.url.get_secret_value()).set(drivername="postgresql")
     return AsyncConnectionPool(
-        url.render_as_string(hide_password=False),
+        libpq_conninfo(settings),
         min_size=min(2, settings.pool_size),
         max_size=settings.pool_size * 2,
         kwargs={"autocommit": True, **_connect_args(settings)},

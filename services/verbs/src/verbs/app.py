@@ -10,10 +10,11 @@ from fastapi import FastAPI
 from fedcore.appkit import create_service_app
 from fedcore.broker_client import CaBrokerClient
 from fedcore.client_cert import ForwardedCertVerifier
-from fedcore.db import create_raw_pool
+from fedcore.db import connect_raw, create_raw_pool
 from fedcore.federation_client import ClientTimeouts, FederationClientPool
 from fedcore.runner import worker_app
 from verbs.auth import InboundAuthenticator
+from verbs.binding_cache import BindingCache
 from verbs.circuit import CircuitBreakers, CircuitPolicy
 from verbs.fanout import FanOut
 from verbs.local_routes import local_router
@@ -36,8 +37,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         verifier = ForwardedCertVerifier.from_bundle_file(
             settings.ca_bundle_path, settings.cert_cache_size
         )
+        bindings = None
+        if settings.binding_cache_max_age_seconds > 0:
+            bindings = BindingCache(
+                lambda: connect_raw(settings.db),
+                max_age_seconds=settings.binding_cache_max_age_seconds,
+                size=settings.binding_cache_size,
+            )
+            bindings.start()
         authenticator = InboundAuthenticator(
-            verifier, settings.secrets.proxy_secret.get_secret_value()
+            verifier, settings.secrets.proxy_secret.get_secret_value(), bindings
         )
         # The inbound verbs' own pool of autocommit connections (verbs.reads); opened here,
         # connections are made in the background so a slow database does not block start.
@@ -85,6 +94,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.renewer = Renewer(broker, settings.max_live_certificates_per_grant)
 
         async def cleanup() -> None:
+            if bindings is not None:
+                await bindings.stop()
             await pool.aclose()
             await broker.aclose()
             await hot_pool.close()

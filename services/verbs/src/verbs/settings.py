@@ -35,6 +35,15 @@ class Settings(ServiceSettings):
     hard_deny_resources: list[str] = Field(default_factory=lambda: sorted(DEFAULT_HARD_DENY))
     allow_hard_denied: bool = False
     cert_cache_size: int = Field(default=4096, ge=1)
+    # Certificate bindings (verbs.binding_cache): emptied by a database notification on every
+    # change; this is the hard limit for a change whose notification was lost unseen. 0: off.
+    binding_cache_max_age_seconds: float = Field(
+        default=0.5,
+        ge=0,
+        le=1.0,
+        description="longest a cached certificate binding is served (0 disables the cache)",
+    )
+    binding_cache_size: int = Field(default=4096, ge=1)
 
     # The outbound side: local query API and fan-out (docs/fanout.md).
     fanout_source_timeout_seconds: float = Field(
