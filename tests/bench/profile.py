@@ -48,6 +48,7 @@ def start(binary: str, pid: int, seconds: int, out: Path) -> subprocess.Popen[by
             "--format",
             "raw",
             "--nonblocking",
+            "--subprocesses",  # the verbs' uvicorn workers are children of their supervisor
             "--output",
             str(out),
         ],

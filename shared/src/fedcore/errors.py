@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from fedcore.request_id import accept_or_generate, current_request_id
 from fedcore.responses import JsonResponse
@@ -161,6 +162,15 @@ def install_error_handlers(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else code
         return JsonResponse(
             error_body(code, message), status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(_: Request, exc: ClientDisconnect) -> JsonResponse:
+        # The client (nginx, when its own client left) closed the connection while we read the
+        # body: nobody will read an answer. Not an error of ours: no error-level log line.
+        log.info("client disconnected before the request was read")
+        return JsonResponse(
+            error_body("client_disconnected", "the client closed the connection"), status_code=400
         )
 
     @app.exception_handler(Exception)

@@ -23,6 +23,7 @@ from psycopg import AsyncConnection
 from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.requests import ClientDisconnect
 
 from fedcore.audit import AuditEvent, audit_values, insert_audit, write_audit
 from fedcore.db import contention_error
@@ -121,6 +122,12 @@ class VerbService:
             except DomainError as refusal:
                 outcome = AuditOutcome.ERROR if refusal.status_code >= 500 else AuditOutcome.DENIED
                 await self._audit_refusal(conn, audit, event(outcome, refusal.audit_reason, None))
+                raise
+            except ClientDisconnect:
+                # nginx closed the connection while the body was read (its client left).
+                await self._audit_refusal(
+                    conn, audit, event(AuditOutcome.ERROR, "client_disconnected", None)
+                )
                 raise
             except Exception as failure:
                 # Anything unexpected (a database error, …) is still one audited request.
