@@ -146,3 +146,25 @@ async def test_no_entry_outlives_its_age_limit() -> None:
 
 async def _never_connects() -> AsyncConnection[Any]:
     raise AssertionError("not used")
+
+
+async def test_the_cache_stays_off_without_all_its_triggers(migrated_db_url: str) -> None:
+    """A disabled (or missing) trigger would let a change go unannounced: never cache then."""
+    execute(
+        migrated_db_url, "ALTER TABLE team_members DISABLE TRIGGER team_members_binding_changed"
+    )
+    settings = PostgresSettings(url=SecretStr(migrated_db_url))
+    bindings = BindingCache(lambda: connect_raw(settings), max_age_seconds=60, retry_seconds=0.05)
+    bindings.start()
+    try:
+        await asyncio.sleep(0.5)  # several attempts
+        assert not bindings.listening
+        assert bindings.begin_read() is None
+    finally:
+        await bindings.stop()
+    execute(migrated_db_url, "ALTER TABLE team_members ENABLE TRIGGER team_members_binding_changed")
+    bindings.start()
+    try:
+        await eventually(lambda: bindings.listening)
+    finally:
+        await bindings.stop()

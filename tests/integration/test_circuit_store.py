@@ -199,3 +199,14 @@ async def test_the_circuit_goes_with_its_connection(migrated_db_url: str, pool: 
     await CircuitBreakers(pool, POLICY).record_failure(connection_id, "peer_timeout")
     execute(url, "DELETE FROM federation_connections WHERE id = %s", (connection_id,))
     assert fetch_all(url, "SELECT count(*) FROM federation_circuits") == [(0,)]
+
+
+async def test_a_failed_circuit_statement_never_fails_the_query(
+    migrated_db_url: str, pool: Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """E.g. the connection was deleted while its fan-out call was out: the foreign key refuses
+    the failure record; the fan-out must still answer (partial), so nothing is raised."""
+    store = CircuitBreakers(pool, POLICY)
+    await store.record_failure(uuid.uuid4(), "peer_timeout")  # no such connection
+    assert fetch_all(migrated_db_url, "SELECT count(*) FROM federation_circuits") == [(0,)]
+    assert any(r.message == "circuit state not updated" for r in caplog.records)

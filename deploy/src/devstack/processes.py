@@ -89,22 +89,26 @@ def stop(record: ProcessRecord, sig: int = signal.SIGTERM, timeout: float = 15.0
 
     The signal goes to the recorded process (a supervisor such as uvicorn's stops its own
     workers); if it does not exit in time, its whole process group is killed (every process was
-    started in a session of its own, so the group is its and its workers')."""
+    started in a session of its own, so the group is its and its workers'). What is left of the
+    group is killed while the leader's PID cannot have been reused: before its zombie is reaped,
+    or — when it died earlier — only if no process holds that PID now."""
     if not record.is_alive():
+        # The PID is free (or still our zombie's): the group is ours or empty. E.g. workers
+        # orphaned by a supervisor that crashed.
+        if process_start_ticks(record.pid) in (None, record.start_ticks):
+            _kill_group(record.pid)
         _reap(record.pid)  # it may have died on its own: collect it so no zombie lingers
         return False
     os.kill(record.pid, sig)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not record.is_alive():
+            _kill_group(record.pid)  # a worker its supervisor failed to stop (leader unreaped)
             _reap(record.pid)
-            _kill_group(record.pid)  # a worker its supervisor failed to stop
             return True
-        _reap(record.pid)
         time.sleep(0.05)
     _kill_group(record.pid)
     for _ in range(100):
-        _reap(record.pid)
         if not record.is_alive():
             break
         time.sleep(0.05)
@@ -113,9 +117,9 @@ def stop(record: ProcessRecord, sig: int = signal.SIGTERM, timeout: float = 15.0
 
 
 def _kill_group(leader_pid: int) -> None:
-    """SIGKILL what is left of the process group ``spawn`` made for ``leader_pid``. While any
-    member lives, the group id cannot be reused, so this reaches only our processes."""
-    with contextlib.suppress(ProcessLookupError):
+    """SIGKILL what is left of the process group ``spawn`` made for ``leader_pid``. Called only
+    while that PID cannot belong to anyone else (see :func:`stop`)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(leader_pid, signal.SIGKILL)
 
 

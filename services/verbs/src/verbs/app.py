@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             pool=hot_pool,
             policy=settings.scope_policy(),
             source_name=settings.source_name,
+            sessionmaker=app.state.sessionmaker,
         )
         pool = FederationClientPool(
             settings.secrets.sealer(),

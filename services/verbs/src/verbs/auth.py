@@ -86,8 +86,10 @@ class InboundAuthenticator:
             raise UntrustedProxy("request did not come through the gateway's proxy")
 
     async def authenticate(
-        self, request: Request, conn: Connection, known: PartialIdentity
+        self, request: Request, conn: Connection, known: PartialIdentity, *, fresh: bool = False
     ) -> FederationContext:
+        """The trust path; ``fresh`` reads the binding from the database even when cached (for
+        a call that mints a credential: renewal)."""
         self.check_proxy(request)
         if request.headers.get("x-client-verify") != "SUCCESS":
             raise ClientCertInvalid("the proxy did not verify a client certificate")
@@ -97,7 +99,7 @@ class InboundAuthenticator:
         known.grant_id = cert.identity.grant_id
         known.subject_user_id = cert.identity.subject_user_id
 
-        binding = await self._binding(conn, cert.serial)
+        binding = await self._binding(conn, cert.serial, fresh)
         if binding is None or binding.fingerprint_sha256 != cert.fingerprint_sha256:
             # Not a certificate this CA recorded (e.g. issued around the broker): refuse it.
             raise ClientCertRevoked(
@@ -133,10 +135,12 @@ class InboundAuthenticator:
             subject_team_ids=binding.subject_team_ids,
         )
 
-    async def _binding(self, conn: Connection, serial: str) -> CertificateBinding | None:
+    async def _binding(
+        self, conn: Connection, serial: str, fresh: bool
+    ) -> CertificateBinding | None:
         if self.bindings is None:
             return await load_certificate_binding(conn, serial)
-        cached = self.bindings.get(serial)
+        cached = None if fresh else self.bindings.get(serial)
         if cached is not None:
             return cached
         token = self.bindings.begin_read()  # before the read: see BindingCache.store

@@ -14,6 +14,7 @@ request; this cache only saves the read, and only while the data cannot have cha
   and its storing; an entry is only served in the generation it was stored in.
 * Without a healthy listener nothing is served from the cache (every request reads the
   database). The listener is checked every ``health_check_seconds``; a lost one is reconnected.
+  It only starts listening when all four triggers exist and are enabled.
 * Every entry also has a hard age limit (``max_age_seconds``), for a notification lost in a way
   the listener cannot see (a silently dead network path): the longest a change could go unseen.
 
@@ -39,8 +40,23 @@ from verbs.reads import CertificateBinding
 log = logging.getLogger("verbs.binding_cache")
 
 CHANNEL = "mosaic_binding_changed"  # the migration's trigger function notifies on it
+# The triggers that announce every change (migration 0003). Without all of them enabled, changes
+# could go unannounced: the cache then stays off.
+TRIGGERS = (
+    "federation_certificates_binding_changed",
+    "federation_grants_binding_changed",
+    "federation_peers_binding_changed",
+    "team_members_binding_changed",
+)
+_TRIGGERS_PRESENT = (
+    "SELECT count(*) FROM pg_trigger WHERE tgname = ANY(%(names)s) AND tgenabled <> 'D'"
+)
 
 Connect = Callable[[], Awaitable[AsyncConnection[Any]]]
+
+
+class MissingTriggers(RuntimeError):
+    """The database would not announce every change (migration 0003 missing or disabled)."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +165,11 @@ class BindingCache:
         conn = await self._connect()
         try:
             await conn.execute(f"LISTEN {CHANNEL}")
+            present = await (
+                await conn.execute(_TRIGGERS_PRESENT, {"names": list(TRIGGERS)})
+            ).fetchone()
+            if present is None or present[0] != len(TRIGGERS):
+                raise MissingTriggers("the binding-change triggers are missing or disabled")
             self._set_listening(True)  # from here on, every committed change is announced
             while True:
                 async for _ in conn.notifies(timeout=self.health_check_seconds):

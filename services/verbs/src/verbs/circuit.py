@@ -29,6 +29,7 @@ it; a claim whose worker died expires after ``probe_timeout_seconds``.
 from __future__ import annotations
 
 import enum
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -36,6 +37,8 @@ from typing import Any
 
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
+
+log = logging.getLogger("verbs.circuit")
 
 
 class CircuitState(enum.StrEnum):
@@ -167,7 +170,11 @@ SELECT f.connection_id, c.name, f.consecutive_failures, f.last_failure_code, f.o
 
 
 class CircuitBreakers:
-    """The circuits of every connection, kept in Postgres (autocommit statements on ``pool``)."""
+    """The circuits of every connection, kept in Postgres (autocommit statements on ``pool``).
+
+    A failed circuit statement never fails the query it serves (a fan-out answers partial, not
+    500): it is logged and counts as "no change" — a probe that could not be claimed stays
+    ``circuit_open``, an outcome that could not be recorded is recorded by a later call."""
 
     def __init__(self, pool: AsyncConnectionPool[AsyncConnection[Any]], policy: CircuitPolicy):
         self.pool = pool
@@ -181,36 +188,42 @@ class CircuitBreakers:
             return Permit(probe=False)
         if not record.may_probe(now, self.policy):
             return None
-        async with self.pool.connection() as conn:
-            claimed = await conn.execute(
-                _CLAIM_PROBE,
-                {
-                    "id": connection_id,
-                    "cooldown": self.policy.cooldown,
-                    "probe_timeout": self.policy.probe_timeout,
-                },
-            )
-            return Permit(probe=True) if await claimed.fetchone() is not None else None
+        claimed = await self._execute(
+            _CLAIM_PROBE,
+            {
+                "id": connection_id,
+                "cooldown": self.policy.cooldown,
+                "probe_timeout": self.policy.probe_timeout,
+            },
+        )
+        return Permit(probe=True) if claimed else None
 
     async def record_success(self, connection_id: uuid.UUID, record: CircuitRecord) -> None:
         if record.clean:
             return  # the steady state writes nothing
-        async with self.pool.connection() as conn:
-            await conn.execute(_RECORD_SUCCESS, {"id": connection_id})
+        await self._execute(_RECORD_SUCCESS, {"id": connection_id})
 
     async def record_failure(self, connection_id: uuid.UUID, code: str) -> None:
-        async with self.pool.connection() as conn:
-            await conn.execute(
-                _RECORD_FAILURE,
-                {"id": connection_id, "code": code, "threshold": self.policy.threshold},
-            )
+        await self._execute(
+            _RECORD_FAILURE, {"id": connection_id, "code": code, "threshold": self.policy.threshold}
+        )
 
     async def release(self, connection_id: uuid.UUID, permit: Permit) -> None:
         """The call said nothing about the peer (e.g. our own row is unusable): a probe goes
         back, the state is otherwise unchanged."""
         if permit.probe:
+            await self._execute(_RELEASE_PROBE, {"id": connection_id})
+
+    async def _execute(self, sql: str, params: dict[str, Any]) -> bool:
+        """Run one circuit statement; True if it returned or changed a row. Failures (the pool
+        is exhausted, the connection was deleted meanwhile, …) are logged, never raised."""
+        try:
             async with self.pool.connection() as conn:
-                await conn.execute(_RELEASE_PROBE, {"id": connection_id})
+                cursor = await conn.execute(sql, params)
+                return cursor.rowcount > 0
+        except Exception as exc:  # the type only: a message may carry SQL or connection details
+            log.warning("circuit state not updated", extra={"error": type(exc).__name__})
+            return False
 
     async def snapshot(self) -> list[dict[str, Any]]:
         async with self.pool.connection() as conn:

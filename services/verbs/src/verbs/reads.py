@@ -93,8 +93,7 @@ SELECT c.fingerprint_sha256, c.revoked_at, c.peer_id,
 async def load_certificate_binding(conn: Connection, serial: str) -> CertificateBinding | None:
     """Certificate record + its grant + its peer + the subject's teams, in one indexed query.
 
-    Fresh on every request (no cache): revocation, suspension and leaving a team take effect on
-    the next call.
+    The trust path may keep it in ``verbs.binding_cache`` (emptied on every change, see there).
     """
     async with conn.cursor() as cur:
         await cur.execute(_BINDING_SQL, {"serial": serial})

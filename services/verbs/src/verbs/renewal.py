@@ -24,7 +24,7 @@ from fedcore import pki
 from fedcore.broker_client import CaBrokerClient
 from fedcore.errors import Conflict
 from verbs import repository
-from verbs.auth import FederationContext
+from verbs.auth import ClientCertRevoked, FederationContext
 from verbs.schemas import RenewRequest
 
 VerbResult = tuple[dict[str, Any], int | None]
@@ -39,6 +39,10 @@ class Renewer:
         self, session: AsyncSession, context: FederationContext, body: RenewRequest
     ) -> VerbResult:
         await repository.lock_grant(session, context.grant_id)
+        # Under the grant's lock: the presented certificate may have been revoked (on its own,
+        # the grant still active) since the trust path read it; a revoked one mints nothing.
+        if await repository.certificate_revoked(session, context.cert.serial):
+            raise ClientCertRevoked("client certificate has been revoked")
         now = pki.utcnow()
         live = await repository.live_certificate_count(
             session, context.grant_id, context.peer_id, now

@@ -78,6 +78,13 @@ async def lock_grant(session: AsyncSession, grant_id: uuid.UUID) -> None:
     )
 
 
+async def certificate_revoked(session: AsyncSession, serial: str) -> bool:
+    """Is the recorded certificate with this serial revoked (or no longer recorded)?"""
+    result = await session.execute(select(CERTS.c.revoked_at).where(CERTS.c.serial == serial))
+    row = result.first()
+    return row is None or row.revoked_at is not None
+
+
 async def live_certificate_count(
     session: AsyncSession, grant_id: uuid.UUID, peer_id: uuid.UUID, now: datetime
 ) -> int:

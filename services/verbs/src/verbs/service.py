@@ -18,15 +18,16 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from fastapi import Request
 from psycopg import AsyncConnection
 from psycopg.pq import TransactionStatus
-from psycopg_pool import AsyncConnectionPool
-from sqlalchemy.ext.asyncio import AsyncSession
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.requests import ClientDisconnect
 
-from fedcore.audit import AuditEvent, audit_values, insert_audit, write_audit
-from fedcore.db import contention_error
+from fedcore.audit import AuditEvent, audit_values, insert_audit, write_audit, write_audit_now
+from fedcore.db import DatabaseBusy, contention_error
 from fedcore.errors import BadRequest, DomainError, Forbidden, NotFound
 from fedcore.models import ActorType, AuditOutcome
 from fedcore.scope import ScopePolicy
@@ -94,6 +95,8 @@ class VerbService:
     pool: AsyncConnectionPool[AsyncConnection[Any]]
     policy: ScopePolicy
     source_name: str
+    # Refusals the raw pool cannot record (no connection, a dead one) go through the engine.
+    sessionmaker: async_sessionmaker[AsyncSession]
 
     async def run(
         self,
@@ -102,9 +105,11 @@ class VerbService:
         resource: str | None,
         action: VerbAction,
         audit_session: AsyncSession | None = None,
+        fresh_binding: bool = False,
     ) -> dict[str, Any]:
         """Authenticate, run ``action``, write the one audit row. With ``audit_session`` the
-        allowed row joins that session's transaction (a write the row describes)."""
+        allowed row joins that session's transaction (a write the row describes);
+        ``fresh_binding`` reads the certificate binding from the database, not the cache."""
         known = PartialIdentity()
         # Only names we know go into the audit row: the path segment is the peer's text.
         audited_resource = resource if resource is None or known_resource(resource) else "unknown"
@@ -112,60 +117,82 @@ class VerbService:
         def event(outcome: AuditOutcome, reason: str | None, rows: int | None) -> AuditEvent:
             return self._event(verb, audited_resource, known, outcome, reason, rows)
 
-        async with self._connection() as conn:
-            audit: AllowedAudit | None = None
-            try:
-                context = await self.authenticator.authenticate(request, conn, known)
-                # `known` now holds the authenticated identity (serial, grant, subject, peer).
-                audit = AllowedAudit(event(AuditOutcome.ALLOWED, None, None))
-                body, row_count = await action(conn, context, audit)
-            except DomainError as refusal:
-                outcome = AuditOutcome.ERROR if refusal.status_code >= 500 else AuditOutcome.DENIED
-                await self._audit_refusal(conn, audit, event(outcome, refusal.audit_reason, None))
-                raise
-            except ClientDisconnect:
-                # nginx closed the connection while the body was read (its client left).
-                await self._audit_refusal(
-                    conn, audit, event(AuditOutcome.ERROR, "client_disconnected", None)
-                )
-                raise
-            except Exception as failure:
-                # Anything unexpected (a database error, …) is still one audited request.
-                busy = contention_error(failure)
-                reason = busy.code if busy is not None else "internal_error"
-                await self._audit_refusal(conn, audit, event(AuditOutcome.ERROR, reason, None))
-                if busy is not None:
-                    raise busy from None
-                raise
-            if audit.written:
-                return body
-            allowed = audit.event.with_outcome(AuditOutcome.ALLOWED, row_count=row_count)
-            if audit_session is not None:
-                await write_audit(audit_session, allowed)
-            else:
-                await insert_audit(conn, allowed)
-        return body
+        try:
+            async with self._connection() as conn:
+                audit: AllowedAudit | None = None
+                try:
+                    context = await self.authenticator.authenticate(
+                        request, conn, known, fresh=fresh_binding
+                    )
+                    # `known` now holds the authenticated identity (serial, grant, subject, peer).
+                    audit = AllowedAudit(event(AuditOutcome.ALLOWED, None, None))
+                    body, row_count = await action(conn, context, audit)
+                    if not audit.written:
+                        allowed = audit.event.with_outcome(
+                            AuditOutcome.ALLOWED, row_count=row_count
+                        )
+                        if audit_session is not None:
+                            await write_audit(audit_session, allowed)
+                        else:
+                            await insert_audit(conn, allowed)
+                        audit.written = True
+                    return body
+                except DomainError as refusal:
+                    outcome = (
+                        AuditOutcome.ERROR if refusal.status_code >= 500 else AuditOutcome.DENIED
+                    )
+                    await self._audit_refusal(
+                        conn, audit, event(outcome, refusal.audit_reason, None)
+                    )
+                    raise
+                except ClientDisconnect:
+                    # nginx closed the connection while the body was read (its client left).
+                    await self._audit_refusal(
+                        conn, audit, event(AuditOutcome.ERROR, "client_disconnected", None)
+                    )
+                    raise
+                except Exception as failure:
+                    # Anything unexpected (a database error, …) is still one audited request.
+                    busy = contention_error(failure)
+                    reason = busy.code if busy is not None else "internal_error"
+                    await self._audit_refusal(conn, audit, event(AuditOutcome.ERROR, reason, None))
+                    if busy is not None:
+                        raise busy from None
+                    raise
+        except PoolTimeout:
+            # No connection for this request within the pool's timeout: answered (503) and
+            # audited through the engine's own pool.
+            busy = DatabaseBusy("the database is busy; retry shortly")
+            await self._audit_refusal(None, None, event(AuditOutcome.ERROR, busy.code, None))
+            raise busy from None
 
     def _connection(self) -> AbstractAsyncContextManager[Connection]:
         return self.pool.connection()
 
     async def _audit_refusal(
-        self, conn: Connection, allowed: AllowedAudit | None, event: AuditEvent
+        self, conn: Connection | None, allowed: AllowedAudit | None, event: AuditEvent
     ) -> None:
         """The refusal's audit row: on the request's connection when it is still usable (a
-        statement that failed in autocommit leaves it idle), else on a fresh one. If the
-        request's read already committed its audit row (and something failed after it), that
-        row stands: one row per request."""
+        statement that failed in autocommit leaves it idle), else through the SQLAlchemy
+        engine, whose pool pings a connection before use (after a database restart the raw
+        pool's idle connections are all dead). If the request's read already committed its audit
+        row (and something failed after it), that row stands: one row per request."""
         if allowed is not None and allowed.written:
             log.warning(
                 "verb call failed after its audited read", extra={"code": event.reason_code}
             )
             return
-        if not conn.broken and conn.info.transaction_status == TransactionStatus.IDLE:
-            await insert_audit(conn, event)
-            return
-        async with self._connection() as fresh:
-            await insert_audit(fresh, event)
+        if (
+            conn is not None
+            and not conn.broken
+            and conn.info.transaction_status == TransactionStatus.IDLE
+        ):
+            try:
+                await insert_audit(conn, event)
+                return
+            except psycopg.Error:
+                pass  # e.g. the connection died just now: the other path below
+        await write_audit_now(self.sessionmaker, event)
 
     @staticmethod
     def _event(

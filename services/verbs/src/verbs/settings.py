@@ -18,9 +18,10 @@ class Settings(ServiceSettings):
 
     bind_port: int = Field(default=9104, ge=1, le=65535)
     # The verbs are the hot path and CPU-bound in Python: one worker process per core this
-    # process may run on (its CPU affinity; set it explicitly under a CPU quota).
+    # process may run on (its CPU affinity; set it explicitly under a CPU quota), at most 8 by
+    # default — each worker holds its own database connections (docs/operations.md).
     workers: int = Field(
-        default_factory=lambda: len(os.sched_getaffinity(0)),
+        default_factory=lambda: min(len(os.sched_getaffinity(0)), 8),
         ge=1,
         le=64,
         description="uvicorn worker processes (default: one per available core)",
