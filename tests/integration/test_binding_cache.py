@@ -148,11 +148,12 @@ async def _never_connects() -> AsyncConnection[Any]:
     raise AssertionError("not used")
 
 
-async def test_the_cache_stays_off_without_all_its_triggers(migrated_db_url: str) -> None:
-    """A disabled (or missing) trigger would let a change go unannounced: never cache then."""
-    execute(
-        migrated_db_url, "ALTER TABLE team_members DISABLE TRIGGER team_members_binding_changed"
-    )
+@pytest.mark.parametrize("alter", ["DISABLE TRIGGER", "ENABLE REPLICA TRIGGER"])
+async def test_the_cache_stays_off_without_all_its_triggers(
+    migrated_db_url: str, alter: str
+) -> None:
+    """A disabled (or replica-only, or missing) trigger would let a change go unannounced."""
+    execute(migrated_db_url, f"ALTER TABLE team_members {alter} team_members_binding_changed")
     settings = PostgresSettings(url=SecretStr(migrated_db_url))
     bindings = BindingCache(lambda: connect_raw(settings), max_age_seconds=60, retry_seconds=0.05)
     bindings.start()
@@ -168,3 +169,21 @@ async def test_the_cache_stays_off_without_all_its_triggers(migrated_db_url: str
         await eventually(lambda: bindings.listening)
     finally:
         await bindings.stop()
+
+
+async def test_a_trigger_disabled_while_listening_turns_the_cache_off(
+    cache: BindingCache, migrated_db_url: str
+) -> None:
+    keep(cache)
+    execute(
+        migrated_db_url,
+        "ALTER TABLE federation_grants DISABLE TRIGGER federation_grants_binding_changed",
+    )
+    try:
+        await eventually(lambda: not cache.listening, seconds=3)  # the next health check
+        assert cache.get("01") is None
+    finally:
+        execute(
+            migrated_db_url,
+            "ALTER TABLE federation_grants ENABLE TRIGGER federation_grants_binding_changed",
+        )

@@ -40,17 +40,26 @@ from verbs.reads import CertificateBinding
 log = logging.getLogger("verbs.binding_cache")
 
 CHANNEL = "mosaic_binding_changed"  # the migration's trigger function notifies on it
-# The triggers that announce every change (migration 0003). Without all of them enabled, changes
-# could go unannounced: the cache then stays off.
-TRIGGERS = (
-    "federation_certificates_binding_changed",
-    "federation_grants_binding_changed",
-    "federation_peers_binding_changed",
-    "team_members_binding_changed",
-)
-_TRIGGERS_PRESENT = (
-    "SELECT count(*) FROM pg_trigger WHERE tgname = ANY(%(names)s) AND tgenabled <> 'D'"
-)
+# The triggers that announce every change (migration 0003), by table. Without all of them
+# firing for ordinary sessions (enabled 'O'rigin or 'A'lways; not 'D'isabled, not 'R'eplica-only),
+# a change could go unannounced: the cache then stays off.
+TRIGGERS = {
+    "federation_certificates": "federation_certificates_binding_changed",
+    "federation_grants": "federation_grants_binding_changed",
+    "federation_peers": "federation_peers_binding_changed",
+    "team_members": "team_members_binding_changed",
+}
+_TRIGGERS_PRESENT = """
+SELECT count(*) FROM pg_trigger t
+  JOIN pg_class c ON c.oid = t.tgrelid
+ WHERE NOT t.tgisinternal AND t.tgenabled IN ('O', 'A')
+   AND c.oid = ANY(%(tables)s::regclass[])
+   AND (c.relname || '.' || t.tgname) = ANY(%(pairs)s)
+"""
+_TRIGGER_PARAMS = {
+    "tables": list(TRIGGERS),
+    "pairs": [f"{table}.{trigger}" for table, trigger in TRIGGERS.items()],
+}
 
 Connect = Callable[[], Awaitable[AsyncConnection[Any]]]
 
@@ -161,21 +170,25 @@ class BindingCache:
                 self._set_listening(False)
             await asyncio.sleep(self.retry_seconds)
 
+    @staticmethod
+    async def _check_triggers(conn: AsyncConnection[Any]) -> None:
+        cursor = await conn.execute(_TRIGGERS_PRESENT, _TRIGGER_PARAMS)
+        present = await cursor.fetchone()
+        if present is None or present[0] != len(TRIGGERS):
+            raise MissingTriggers("the binding-change triggers are missing or disabled")
+
     async def _listen_once(self) -> None:
         conn = await self._connect()
         try:
             await conn.execute(f"LISTEN {CHANNEL}")
-            present = await (
-                await conn.execute(_TRIGGERS_PRESENT, {"names": list(TRIGGERS)})
-            ).fetchone()
-            if present is None or present[0] != len(TRIGGERS):
-                raise MissingTriggers("the binding-change triggers are missing or disabled")
+            await self._check_triggers(conn)
             self._set_listening(True)  # from here on, every committed change is announced
             while True:
                 async for _ in conn.notifies(timeout=self.health_check_seconds):
                     self.invalidate()
-                # No notification for a while: is the connection still there?
-                await asyncio.wait_for(conn.execute("SELECT 1"), self.health_check_seconds)
+                # No notification for a while: is the connection still there, and are the
+                # triggers still firing (an ALTER TABLE … DISABLE TRIGGER since)?
+                await asyncio.wait_for(self._check_triggers(conn), self.health_check_seconds)
         finally:
             self._listening = False
             await conn.close()

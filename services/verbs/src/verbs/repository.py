@@ -79,8 +79,15 @@ async def lock_grant(session: AsyncSession, grant_id: uuid.UUID) -> None:
 
 
 async def certificate_revoked(session: AsyncSession, serial: str) -> bool:
-    """Is the recorded certificate with this serial revoked (or no longer recorded)?"""
-    result = await session.execute(select(CERTS.c.revoked_at).where(CERTS.c.serial == serial))
+    """Is the recorded certificate with this serial revoked (or no longer recorded)?
+
+    ``FOR SHARE`` until this transaction ends: a revocation of this certificate (the broker
+    locks its row ``FOR UPDATE``) waits for the renewal to finish, and a renewal waits for a
+    revocation already under way and then sees it — the check cannot go stale before the new
+    certificate is signed."""
+    result = await session.execute(
+        select(CERTS.c.revoked_at).where(CERTS.c.serial == serial).with_for_update(read=True)
+    )
     row = result.first()
     return row is None or row.revoked_at is not None
 

@@ -114,7 +114,10 @@ async def renew(request: Request, session: SessionDep) -> JsonResponse:
         payload = await parse_body(request, RenewRequest, required=True)
         return await renewer.renew(session, context, payload)
 
-    return JsonResponse(await service.run(request, "renew", None, action, audit_session=session))
+    # A call that mints a credential: the binding is read fresh, never from the cache.
+    return JsonResponse(
+        await service.run(request, "renew", None, action, audit_session=session, fresh_binding=True)
+    )
 
 
 @router.api_route(

@@ -132,7 +132,10 @@ class VerbService:
                             AuditOutcome.ALLOWED, row_count=row_count
                         )
                         if audit_session is not None:
+                            # Commit here, inside the refusal handling: a failed commit is
+                            # then audited as an error like any failure (never no row).
                             await write_audit(audit_session, allowed)
+                            await audit_session.commit()
                         else:
                             await insert_audit(conn, allowed)
                         audit.written = True
@@ -190,8 +193,8 @@ class VerbService:
             try:
                 await insert_audit(conn, event)
                 return
-            except psycopg.Error:
-                pass  # e.g. the connection died just now: the other path below
+            except psycopg.Error as exc:  # e.g. the connection died just now: the path below
+                log.warning("refusal audit falls back", extra={"error": type(exc).__name__})
         await write_audit_now(self.sessionmaker, event)
 
     @staticmethod

@@ -24,7 +24,7 @@ class Settings(ServiceSettings):
         default_factory=lambda: min(len(os.sched_getaffinity(0)), 8),
         ge=1,
         le=64,
-        description="uvicorn worker processes (default: one per available core)",
+        description="uvicorn worker processes (default: one per available core, at most 8)",
     )
     ca_bundle_path: str = Field(
         min_length=1, description="PEM bundle (roots + intermediates) client certs must chain to"
