@@ -60,6 +60,7 @@ class Config:
     enrollments: int = 60
     concurrency: int = 8
     fanout_calls: int = 200
+    list_rounds: int = 3  # bare/verbs pairs for the goal's `list` line (median reported)
     profile: bool = False
     keep: bool = False
     # Sections to run (default all): "verbs", "revocation", "issuance", "fanout".
@@ -73,7 +74,8 @@ class Config:
         cfg = cls()
         if quick:
             cfg = cls(seconds=3, warmup=1, trials=5, rows_per_resource=10_000, signatures=60,
-                      stepca_signatures=30, enrollments=20, fanout_calls=60)  # fmt: skip
+                      stepca_signatures=30, enrollments=20, fanout_calls=60,
+                      list_rounds=1)  # fmt: skip
         cfg.seconds = float(os.environ.get("BENCH_SECONDS", cfg.seconds))
         cfg.connections = int(os.environ.get("BENCH_CONNECTIONS", cfg.connections))
         cfg.trials = int(os.environ.get("BENCH_TRIALS", cfg.trials))
@@ -319,12 +321,27 @@ def compare_verbs(
     for verb, (ours, bare) in pairs.items():
         load(bare, cfg.warmup)
         load(ours, cfg.warmup)
-        bare_result, bare_cpu, bare_split = measured(bare, pids["bench_bare"])
-        ours_result, ours_cpu, ours_split = measured(ours, pids["verbs"])
+        # The goal's verb gets several alternating bare/verbs pairs and the median pair (by rps
+        # ratio) is reported: on a shared box one pair can land in a burst of other work.
+        rounds = []
+        for _ in range(cfg.list_rounds if verb == "list" else 1):
+            bare_round = measured(bare, pids["bench_bare"])
+            ours_round = measured(ours, pids["verbs"])
+            rounds.append((ours_round, bare_round))
+        ratios = [o[0].rps / b[0].rps if b[0].rps else 0.0 for o, b in rounds]
+        median = sorted(range(len(rounds)), key=lambda i: ratios[i])[len(rounds) // 2]
+        (ours_result, ours_cpu, ours_split), (bare_result, bare_cpu, bare_split) = rounds[median]
         out[verb] = {
             "verbs": {**ours_result.to_json(), "cpu_ms_per_request": ours_split},
             "bare": {**bare_result.to_json(), "cpu_ms_per_request": bare_split},
+            "rps_ratio_per_round": [round(r, 3) for r in ratios],
         }
+        if len(rounds) > 1:
+            run.notes.append(
+                f"verbs {verb}: {len(rounds)} bare/verbs pairs, rps ratios "
+                + ", ".join(f"{r:.2f}" for r in ratios)
+                + "; the median pair is reported"
+            )
         errors = ours_result.errors + bare_result.errors
         print(
             f"  {verb:<13} verbs {ours_result.rps:8.0f} rps p50 {ours_result.p50_ms:6.1f} "

@@ -54,7 +54,9 @@ def create_service_app(
     app.state.settings = settings
     app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
-    app.include_router(health.router)
+    # The service's own routes first: routes are matched in order, and the hot ones (the verbs)
+    # should not be tried after the health probes on every request.
     for router in routers:
         app.include_router(router)
+    app.include_router(health.router)
     return app

@@ -26,7 +26,7 @@ from fedcore import pki
 from fedcore.client_cert import ClientCertInvalid, ForwardedCertVerifier, VerifiedClientCert
 from fedcore.errors import Forbidden, Unauthorized
 from fedcore.models import GrantStatus, PeerState
-from fedcore.scope import GrantScope, InvalidScope
+from fedcore.scope import GrantScope
 from verbs.binding_cache import BindingCache
 from verbs.reads import CertificateBinding, Connection, load_certificate_binding
 
@@ -130,7 +130,7 @@ class InboundAuthenticator:
             subject_user_id=binding.grant_subject_user_id,
             peer_id=binding.cert_peer_id,
             peer_name=binding.peer_name,
-            scope=_stored_scope(binding.scope),
+            scope=_stored_scope(binding),
             expires_at=binding.grant_expires_at,
             subject_team_ids=binding.subject_team_ids,
         )
@@ -150,10 +150,9 @@ class InboundAuthenticator:
         return binding
 
 
-def _stored_scope(raw: dict[str, object]) -> GrantScope:
-    try:
-        return GrantScope.from_json(raw)
-    except InvalidScope:
+def _stored_scope(binding: CertificateBinding) -> GrantScope:
+    if binding.grant_scope is None:
         # A stored scope the current schema refuses: deny, without describing the grant's
         # configuration to the peer.
-        raise Forbidden("the grant cannot be used", code="grant_invalid") from None
+        raise Forbidden("the grant cannot be used", code="grant_invalid")
+    return binding.grant_scope

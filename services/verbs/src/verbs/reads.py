@@ -20,6 +20,7 @@ audit row is committed by its statement before the response is sent.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import uuid
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from psycopg.rows import dict_row
 
 from fedcore.audit import audit_insert_sql
 from fedcore.models import GrantStatus, PeerState
+from fedcore.scope import GrantScope, InvalidScope
 from fedcore.scope_evaluator import RowFilter
 
 Connection = AsyncConnection[Any]
@@ -76,7 +78,13 @@ class CertificateBinding:
     peer_name: str
     # The grant's subject user's teams, read in the same statement (the scope rule needs them).
     subject_team_ids: frozenset[uuid.UUID]
+    # ``scope`` validated once when read (None: the stored scope no longer validates), so a
+    # cached binding is not re-validated on every request.
+    grant_scope: GrantScope | None = None
 
+
+# The binding's fields in the order the statement selects them (all but the parsed scope).
+_BINDING_COLUMNS = tuple(f.name for f in dataclasses.fields(CertificateBinding))[:-1]
 
 _BINDING_SQL = """
 SELECT c.fingerprint_sha256, c.revoked_at, c.peer_id,
@@ -104,7 +112,13 @@ async def load_certificate_binding(conn: Connection, serial: str) -> Certificate
     values[6] = GrantStatus(values[6])
     values[9] = PeerState(values[9])
     values[-1] = frozenset(values[-1] or ())  # array_agg over no rows is NULL
-    return CertificateBinding(*values)
+    try:
+        grant_scope: GrantScope | None = GrantScope.from_json(values[8])
+    except InvalidScope:
+        grant_scope = None
+    return CertificateBinding(
+        **dict(zip(_BINDING_COLUMNS, values, strict=True)), grant_scope=grant_scope
+    )
 
 
 async def member_team_ids(conn: Connection, user_id: uuid.UUID) -> frozenset[uuid.UUID]:
