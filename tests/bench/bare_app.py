@@ -12,6 +12,7 @@ no SQLAlchemy. Raw psycopg pool + orjson. Bench-only: never shipped in the servi
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import uuid
@@ -68,6 +69,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await pool.open(wait=True)
+        gc.freeze()  # as the services do after start (fedcore.appkit): the same runtime tuning
         try:
             yield
         finally:

@@ -62,7 +62,13 @@ def worker_app(service: str, settings_cls: type[S], app_factory: Callable[[S], F
     settings and logging are set up again there, from the same environment."""
     settings = load_settings_or_exit(service, settings_cls)
     configure_logging(service, settings.log_level)
-    return app_factory(settings)
+    return _service_process_app(app_factory(settings))
+
+
+def _service_process_app(app: FastAPI) -> FastAPI:
+    """Settings only a whole service process gets (not an app built in a test's process)."""
+    app.state.freeze_gc_after_start = True  # fedcore.appkit: gc.freeze() after start
+    return app
 
 
 def run_service(
@@ -105,4 +111,4 @@ def run_service(
     if count > 1 and worker_factory is not None:
         uvicorn.run(worker_factory, factory=True, workers=count, **server_options)
     else:
-        uvicorn.run(app_factory(settings), **server_options)
+        uvicorn.run(_service_process_app(app_factory(settings)), **server_options)
