@@ -240,14 +240,24 @@ async def test_grant_not_active_is_403_with_its_code(
     assert _audit_rows(gateway_a, pki.serial_hex(peer.cert))[-1] == ("denied", code)
 
 
-async def test_a_stored_scope_the_schema_refuses_is_403_grant_invalid(gateway_a: Gateway) -> None:
+@pytest.mark.parametrize(
+    "stored",
+    [
+        json.dumps({**DEFAULT_SCOPE, "max_rows_per_query": "many"}),  # fails the schema
+        json.dumps(json.dumps(DEFAULT_SCOPE)),  # a JSON *string* holding a valid scope
+    ],
+    ids=["invalid-field", "json-string"],
+)
+async def test_a_stored_scope_the_schema_refuses_is_403_grant_invalid(
+    gateway_a: Gateway, stored: str
+) -> None:
     """A grant whose stored scope no longer validates (edited by hand, an older schema) cannot
     be used, and the refusal does not describe the scope."""
     peer = await enrolled_peer(gateway_a, DEFAULT_SCOPE)
     fetch_all(
         gateway_a.database_url,
         "UPDATE federation_grants SET scope = %s::jsonb WHERE id = %s RETURNING id",
-        (json.dumps({**DEFAULT_SCOPE, "max_rows_per_query": "many"}), peer.grant.grant_id),
+        (stored, peer.grant.grant_id),
     )
     response = await _capabilities(gateway_a, peer.ssl_context(gateway_a))
     _expect(response, 403, "grant_invalid")

@@ -44,6 +44,7 @@ def create_service_app(
                 # collector's reach, so a full collection under load walks only request
                 # garbage (verbs `list` p99 under load: 125-135 ms -> 50-70 ms, bench).
                 # Set by fedcore.runner for a real service process, not for in-process tests.
+                gc.collect()  # start-up's own garbage first, or it would be pinned for good
                 gc.freeze()
             try:
                 yield

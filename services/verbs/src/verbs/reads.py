@@ -20,7 +20,6 @@ audit row is committed by its statement before the response is sent.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import uuid
 from dataclasses import dataclass
@@ -83,8 +82,21 @@ class CertificateBinding:
     grant_scope: GrantScope | None = None
 
 
-# The binding's fields in the order the statement selects them (all but the parsed scope).
-_BINDING_COLUMNS = tuple(f.name for f in dataclasses.fields(CertificateBinding))[:-1]
+# The binding's fields in the order the statement below selects them.
+_BINDING_COLUMNS = (
+    "fingerprint_sha256",
+    "revoked_at",
+    "cert_peer_id",
+    "grant_id",
+    "grant_subject_user_id",
+    "grant_peer_id",
+    "grant_status",
+    "grant_expires_at",
+    "scope",
+    "peer_state",
+    "peer_name",
+    "subject_team_ids",
+)
 
 _BINDING_SQL = """
 SELECT c.fingerprint_sha256, c.revoked_at, c.peer_id,
@@ -112,10 +124,12 @@ async def load_certificate_binding(conn: Connection, serial: str) -> Certificate
     values[6] = GrantStatus(values[6])
     values[9] = PeerState(values[9])
     values[-1] = frozenset(values[-1] or ())  # array_agg over no rows is NULL
-    try:
-        grant_scope: GrantScope | None = GrantScope.from_json(values[8])
-    except InvalidScope:
-        grant_scope = None
+    grant_scope: GrantScope | None = None
+    if isinstance(values[8], dict):  # a JSON string stored by hand is not a scope either
+        try:
+            grant_scope = GrantScope.from_json(values[8])
+        except InvalidScope:
+            grant_scope = None
     return CertificateBinding(
         **dict(zip(_BINDING_COLUMNS, values, strict=True)), grant_scope=grant_scope
     )
