@@ -31,10 +31,10 @@ BINDING = CertificateBinding(
     grant_peer_id=uuid.uuid4(),
     grant_status=GrantStatus.ACTIVE,
     grant_expires_at=None,
-    scope={},
     peer_state=PeerState.ACTIVE,
     peer_name="peer",
     subject_team_ids=frozenset(),
+    grant_scope=None,
 )
 # A write that changes no row still fires the statement-level triggers (and so must invalidate).
 WRITES = {

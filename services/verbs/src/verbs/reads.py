@@ -72,17 +72,17 @@ class CertificateBinding:
     grant_peer_id: uuid.UUID
     grant_status: GrantStatus
     grant_expires_at: datetime | None
-    scope: dict[str, Any]
     peer_state: PeerState
     peer_name: str
     # The grant's subject user's teams, read in the same statement (the scope rule needs them).
     subject_team_ids: frozenset[uuid.UUID]
-    # ``scope`` validated once when read (None: the stored scope no longer validates), so a
+    # The grant's stored scope, validated once when read (None: it no longer validates), so a
     # cached binding is not re-validated on every request.
-    grant_scope: GrantScope | None = None
+    grant_scope: GrantScope | None
 
 
-# The binding's fields in the order the statement below selects them.
+# The statement's columns in the order it selects them: the binding's fields, with the stored
+# scope that becomes ``grant_scope``.
 _BINDING_COLUMNS = (
     "fingerprint_sha256",
     "revoked_at",
@@ -120,19 +120,19 @@ async def load_certificate_binding(conn: Connection, serial: str) -> Certificate
         row = await cur.fetchone()
     if row is None:
         return None
-    values: list[Any] = list(row)
-    values[6] = GrantStatus(values[6])
-    values[9] = PeerState(values[9])
-    values[-1] = frozenset(values[-1] or ())  # array_agg over no rows is NULL
+    columns: dict[str, Any] = dict(zip(_BINDING_COLUMNS, row, strict=True))
+    columns["grant_status"] = GrantStatus(columns["grant_status"])
+    columns["peer_state"] = PeerState(columns["peer_state"])
+    columns["subject_team_ids"] = frozenset(columns["subject_team_ids"] or ())  # NULL: no teams
+    # The raw scope is not kept: only its validated form is used (and cached).
+    stored_scope = columns.pop("scope")
     grant_scope: GrantScope | None = None
-    if isinstance(values[8], dict):  # a JSON string stored by hand is not a scope either
+    if isinstance(stored_scope, dict):  # a JSON string stored by hand is not a scope either
         try:
-            grant_scope = GrantScope.from_json(values[8])
+            grant_scope = GrantScope.from_json(stored_scope)
         except InvalidScope:
             grant_scope = None
-    return CertificateBinding(
-        **dict(zip(_BINDING_COLUMNS, values, strict=True)), grant_scope=grant_scope
-    )
+    return CertificateBinding(**columns, grant_scope=grant_scope)
 
 
 async def member_team_ids(conn: Connection, user_id: uuid.UUID) -> frozenset[uuid.UUID]:
