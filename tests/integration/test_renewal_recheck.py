@@ -1,0 +1,81 @@
+"""Renewal re-checks, under the grant's lock, that the certificate presented is still recorded and
+unrevoked (a revocation of that one certificate may have committed since the trust path read
+it): refused with 401 client_cert_revoked, the CA never asked, the peer's record unchanged."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any, cast
+
+import pytest
+from pydantic import SecretStr
+
+from fedcore import pki
+from fedcore.broker_client import CaBrokerClient
+from fedcore.client_cert import VerifiedClientCert
+from fedcore.db import create_engine, create_sessionmaker
+from fedcore.federation_oids import FederationIdentity
+from fedcore.models import GrantStatus
+from fedcore.scope import GrantScope
+from fedcore.settings import PostgresSettings
+from tests.support.db import execute, fetch_all
+from tests.support.factories import DEFAULT_SCOPE, create_grant_fixture
+from verbs.auth import ClientCertRevoked, FederationContext
+from verbs.renewal import Renewer
+from verbs.schemas import RenewRequest
+
+
+class BrokerThatMustNotBeCalled:
+    async def sign(self, **_: Any) -> Any:
+        raise AssertionError("a revoked certificate must not get a renewal signed")
+
+
+@pytest.mark.parametrize("recorded", ["revoked", "unrecorded"])
+async def test_renewal_refuses_a_certificate_revoked_since_authentication(
+    migrated_db_url: str, recorded: str
+) -> None:
+    fx = await create_grant_fixture(migrated_db_url, status=GrantStatus.ACTIVE)
+    serial = uuid.uuid4().hex
+    now = pki.utcnow()
+    if recorded == "revoked":
+        execute(
+            migrated_db_url,
+            "INSERT INTO federation_certificates (id, serial, grant_id, peer_id, "
+            "fingerprint_sha256, subject_cn, backend, not_before, not_after, revoked_at) "
+            "VALUES (gen_random_uuid(), %s, %s, %s, %s, 'peer', 'local', %s, %s, now())",
+            (serial, fx.grant_id, fx.peer_id, uuid.uuid4().hex * 2, now, now + timedelta(hours=1)),
+        )
+    context = FederationContext(
+        cert=VerifiedClientCert(
+            fingerprint_sha256="00" * 32,
+            serial=serial,
+            not_after=now + timedelta(hours=1),
+            identity=FederationIdentity(grant_id=fx.grant_id, subject_user_id=fx.user_id),
+        ),
+        grant_id=fx.grant_id,
+        subject_user_id=fx.user_id,
+        peer_id=fx.peer_id,
+        peer_name=fx.peer_name,
+        scope=GrantScope.from_json(DEFAULT_SCOPE),
+        expires_at=None,
+        subject_team_ids=frozenset(),
+    )
+    before = fetch_all(
+        migrated_db_url, "SELECT cert_serial FROM federation_peers WHERE id = %s", (fx.peer_id,)
+    )
+    renewer = Renewer(cast(CaBrokerClient, BrokerThatMustNotBeCalled()), max_live_certificates=3)
+    engine = create_engine(PostgresSettings(url=SecretStr(migrated_db_url)))
+    try:
+        async with create_sessionmaker(engine)() as session:
+            with pytest.raises(ClientCertRevoked) as refused:
+                await renewer.renew(session, context, RenewRequest(csr_pem="unused"))
+            await session.rollback()
+    finally:
+        await engine.dispose()
+    assert refused.value.status_code == 401
+    assert refused.value.code == "client_cert_revoked"
+    after = fetch_all(
+        migrated_db_url, "SELECT cert_serial FROM federation_peers WHERE id = %s", (fx.peer_id,)
+    )
+    assert after == before
