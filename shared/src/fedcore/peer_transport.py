@@ -243,6 +243,13 @@ class PeerTransport(httpx.AsyncBaseTransport):
         read_timeout = _remaining(timeouts, "read")
         while True:
             event = await _next_event(connection, request, read_timeout)
+            if isinstance(event, h11.InformationalResponse | h11.Response):
+                # h11 caps only a head still incomplete; one that arrived whole is capped here.
+                size = sum(len(name) + len(value) + 4 for name, value in event.headers)
+                if size > self._max_header_bytes:
+                    raise httpx.RemoteProtocolError(
+                        "the peer's answer has too large a header block", request=request
+                    )
             if isinstance(event, h11.Response):
                 return event
             if isinstance(event, h11.InformationalResponse):
