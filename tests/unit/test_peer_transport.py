@@ -22,12 +22,14 @@ import pytest
 
 from fedcore import pki
 from fedcore.federation_client import (
+    ClientTimeouts,
     ConnectionMaterial,
     FederationClient,
     PeerProtocolError,
+    PeerTimeout,
     build_ssl_context,
 )
-from fedcore.peer_transport import PeerTransport
+from fedcore.peer_transport import DEFAULT_PHASE_TIMEOUT, Origin, PeerTransport
 from fedcore.sealing import PURPOSE_CONNECTION_KEY, Sealer
 from tests.support.custom_certs import custom_client_cert, valid_values
 from tests.support.net import host
@@ -352,6 +354,39 @@ async def test_an_answer_not_read_to_its_end_closes_its_connection(keys: Pki) ->
     assert server.accepted == 2
 
 
+@pytest.mark.parametrize("when", ["with_the_answer", "while_idle"])
+async def test_bytes_beyond_the_answer_never_become_the_next_answer(keys: Pki, when: str) -> None:
+    """A peer that sends more than it framed (a miscounted Content-Length, a 204 with a body,
+    an unsolicited answer): the extra bytes must not be read as the next request's answer."""
+    smuggled = _ok(b'"SMUGGLED"')
+
+    async def handler(exchange: Exchange) -> None:
+        path = exchange.head.split(b" ")[1]
+        if path.endswith(b"/first"):
+            if when == "with_the_answer":
+                exchange.writer.write(_ok(b'"first"') + smuggled)
+            else:
+                exchange.writer.write(_ok(b'"first"'))
+                await exchange.writer.drain()
+                await asyncio.sleep(0.05)
+                exchange.writer.write(smuggled)
+        else:
+            exchange.writer.write(_ok(b'"' + path.rsplit(b"/", 1)[-1] + b'"'))
+
+    async with serving(keys.server_context, handler) as server:
+        peer = transport(keys, server)
+        try:
+            answers = []
+            for name in ("first", "second", "third"):
+                response = await peer.handle_async_request(request(server, f"/v1/{name}"))
+                answers.append(await body_of(response))
+                await asyncio.sleep(0.15)  # the late bytes arrive while the connection idles
+        finally:
+            await peer.aclose()
+    assert answers == [b'"first"', b'"second"', b'"third"']
+    assert server.accepted == 2  # the connection that carried extra bytes was dropped
+
+
 # ------------------------------------------------------------------------------ failures
 
 
@@ -598,3 +633,72 @@ async def test_a_compressed_answer_is_refused_not_inflated(keys: Pki) -> None:
         with pytest.raises(PeerProtocolError) as info:
             await client.list("tasks")
     assert info.value.code == "peer_invalid_response"
+
+
+# ------------------------------------------------------------------------------ edges
+
+
+def test_an_internationalised_host_is_dialled_by_its_ascii_name() -> None:
+    origin = Origin.of(httpx.URL("https://fa\u00df.example:8443/x"))
+    assert origin == Origin("xn--fa-hia.example", 8443)  # IDNA 2008, as in the Host header
+
+
+async def test_a_host_name_the_resolver_cannot_encode_is_a_connect_error(keys: Pki) -> None:
+    bad = "https://" + "a" * 64 + ".example:8443"  # a label over 63 characters
+    peer = PeerTransport(bad, keys.client_context)
+    try:
+        with pytest.raises(httpx.ConnectError) as info:
+            await peer.handle_async_request(
+                httpx.Request("GET", bad + "/x", extensions={"timeout": TIMEOUT})
+            )
+    finally:
+        await peer.aclose()
+    assert not isinstance(info.value.__cause__, ssl.SSLError)
+
+
+async def test_a_phase_without_a_timeout_gets_a_finite_one(keys: Pki) -> None:
+    async def silent(exchange: Exchange) -> None:
+        await asyncio.sleep(30)
+
+    async with serving(keys.server_context, silent) as server:
+        peer = transport(keys, server)
+        try:
+            bare = httpx.Request("GET", f"https://{HOST}:{server.port}/x")  # no timeout at all
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(httpx.ReadTimeout):
+                await peer.handle_async_request(bare)
+            assert asyncio.get_running_loop().time() - started < DEFAULT_PHASE_TIMEOUT + 1
+        finally:
+            await peer.aclose()
+
+
+async def test_a_peer_trickling_its_answer_meets_the_call_deadline(keys: Pki) -> None:
+    async def trickle(exchange: Exchange) -> None:
+        exchange.writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+        for _ in range(100):  # each byte well inside the read timeout
+            await asyncio.sleep(0.05)
+            exchange.writer.write(b" ")
+            await exchange.writer.drain()
+
+    async with serving(keys.server_context, trickle) as server:
+        timeouts = ClientTimeouts(connect=1, read=0.5, write=1, pool=1, total=0.6)
+        async with _client_for(keys, server, timeouts=timeouts) as client:
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(PeerTimeout) as info:
+                await client.list("tasks")
+            elapsed = asyncio.get_running_loop().time() - started
+    assert info.value.code == "peer_timeout"
+    assert elapsed < 2.0  # the trickle alone would take 5 s
+
+
+def test_the_deadline_defaults_to_the_phases_back_to_back() -> None:
+    assert ClientTimeouts(connect=1, read=2, write=3, pool=4).call_deadline == 10
+    assert ClientTimeouts(total=0.5).call_deadline == 0.5
+
+
+def test_sslkeylogfile_cannot_make_the_client_write_its_tls_secrets(
+    keys: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SSLKEYLOGFILE", str(tmp_path / "keys.log"))
+    context = build_ssl_context(keys.material, keys.sealer)
+    assert context.keylog_filename is None

@@ -240,6 +240,9 @@ def build_ssl_context(
     except (ssl.SSLError, ValueError):
         raise ConnectionUnusable("the connection's CA bundle does not load") from None
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # create_default_context honours SSLKEYLOGFILE: the environment must not be able to make
+    # this process write its TLS session secrets to a file.
+    context.keylog_filename = None  # type: ignore[assignment]
     certs_pem = _identity_pem(material)
     try:
         key_pem = sealer.unseal(material.sealed_private_key, purpose=PURPOSE_CONNECTION_KEY)
@@ -260,12 +263,21 @@ def build_ssl_context(
 @dataclass(frozen=True)
 class ClientTimeouts:
     connect: float = 2.0
-    read: float = 5.0
+    read: float = 5.0  # each wait for bytes: a peer trickling its answer resets it
     write: float = 5.0
     pool: float = 2.0
+    total: float | None = None  # one call, all of it; None: the phases back to back
 
     def httpx(self) -> httpx.Timeout:
         return httpx.Timeout(connect=self.connect, read=self.read, write=self.write, pool=self.pool)
+
+    @property
+    def call_deadline(self) -> float:
+        """Bounds a whole call, so a peer that keeps each read just inside the read timeout
+        (or sends 1xx answers forever) cannot hold a caller without a deadline of its own."""
+        if self.total is not None:
+            return self.total
+        return self.connect + self.write + self.read + self.pool
 
 
 @dataclass(frozen=True)
@@ -366,7 +378,9 @@ class FederationClient:
         # extension), no redirects (a 3xx is a refusal), no proxy or netrc from the environment.
         self._transport = transport
         self._base_url = material.endpoint_url + VERBS_PREFIX
-        self._timeout = (timeouts or ClientTimeouts()).httpx().as_dict()
+        timeouts = timeouts or ClientTimeouts()
+        self._timeout = timeouts.httpx().as_dict()
+        self._deadline = timeouts.call_deadline
         # identity: no compressed answer to inflate (a small gzip body can expand a lot before
         # the size cap sees it; an encoded answer is not JSON and is refused as such).
         self._headers = httpx.Headers(
@@ -501,6 +515,25 @@ class FederationClient:
             content=content,
             extensions={"timeout": self._timeout},
         )
+        try:
+            async with asyncio.timeout(self._deadline):
+                response, raw = await self._exchange(request)
+        except TimeoutError:
+            raise PeerTimeout("the peer's answer took longer than the call allows") from None
+        try:
+            body: Any = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            body = None
+        if not response.is_success:
+            code, message = _peer_code(response, body)
+            raise PeerRefused(response.status_code, code, message)
+        if not isinstance(body, dict):
+            raise PeerProtocolError("the peer did not answer a JSON object")
+        return body
+
+    async def _exchange(self, request: httpx.Request) -> tuple[httpx.Response, bytearray]:
+        """Send, and read the whole answer under the size cap (nothing is decoded: the
+        request asked for ``identity``)."""
         response = await self._transport.handle_async_request(request)
         try:
             stream = response.stream
@@ -515,16 +548,7 @@ class FederationClient:
                     )
         finally:
             await response.aclose()
-        try:
-            body: Any = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError:
-            body = None
-        if not response.is_success:
-            code, message = _peer_code(response, body)
-            raise PeerRefused(response.status_code, code, message)
-        if not isinstance(body, dict):
-            raise PeerProtocolError("the peer did not answer a JSON object")
-        return body
+        return response, raw
 
 
 def _drop_none(values: dict[str, Any]) -> dict[str, Any]:

@@ -35,9 +35,9 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, SupportsIndex
 
 import h11
 import httpx
@@ -47,6 +47,7 @@ DEFAULT_MAX_HEADER_BYTES: Final = 16 * 1024
 # Below nginx's keepalive_timeout (75 s): an idle connection is retired by us before the
 # server closes it under a request.
 DEFAULT_KEEPALIVE_EXPIRY: Final = 30.0
+DEFAULT_PHASE_TIMEOUT: Final = 5.0
 
 
 @dataclass(frozen=True)
@@ -56,26 +57,65 @@ class Origin:
 
     @classmethod
     def of(cls, url: httpx.URL) -> Origin:
-        if url.scheme != "https" or not url.host:
+        if url.scheme != "https" or not url.raw_host:
             raise httpx.UnsupportedProtocol(f"only https origins are supported ({url.scheme})")
-        return cls(url.host, url.port or 443)
+        # The ASCII (IDNA 2008) form: what the Host header says is what is dialled and what the
+        # certificate is checked against (the Unicode form would be re-encoded by socket/ssl
+        # under IDNA 2003 rules — a different name for some hosts).
+        return cls(url.raw_host.decode("ascii"), url.port or 443)
+
+
+class _PeerReader(asyncio.StreamReader):
+    """asyncio's stream reader, counting the bytes it holds and noticing bytes that arrive
+    while its connection sits idle in the pool: a connection holding bytes nobody asked for is
+    never reused, or they would be read as the next request's answer (a desync)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit=limit)
+        self.buffered = 0
+        self.idle = False
+        self.unsolicited = False
+
+    def feed_data(self, data: Iterable[SupportsIndex]) -> None:
+        chunk = data if isinstance(data, bytes | bytearray | memoryview) else bytes(data)
+        if self.idle and len(chunk):
+            self.unsolicited = True
+        self.buffered += len(chunk)
+        super().feed_data(chunk)
+
+    async def read(self, n: int = -1) -> bytes:
+        data = await super().read(n)
+        self.buffered -= len(data)
+        return data
 
 
 @dataclass(eq=False)  # identity: kept in a set while in use
 class _Connection:
-    reader: asyncio.StreamReader
+    reader: _PeerReader
     writer: asyncio.StreamWriter
     protocol: h11.Connection
     idle_since: float = field(default_factory=time.monotonic)
 
     def usable(self, now: float, expiry: float) -> bool:
-        """Still open, not closed by the peer while idle, and not idle for too long."""
+        """Still open, not closed by the peer and sent nothing while idle, not idle too long."""
         return (
             not self.writer.is_closing()
             and not self.reader.at_eof()
+            and not self.reader.unsolicited
             and now - self.idle_since < expiry
             and self.protocol.our_state is h11.IDLE
             and self.protocol.their_state is h11.IDLE
+        )
+
+    def exchange_ended_cleanly(self) -> bool:
+        """Both sides done, and not one byte beyond the answer, neither in h11's buffer nor in
+        the reader's (a peer that miscounts its Content-Length, a 204 with a body, ...)."""
+        return (
+            self.protocol.our_state is h11.DONE
+            and self.protocol.their_state is h11.DONE
+            and self.protocol.trailing_data == (b"", False)
+            and self.reader.buffered == 0
+            and not self.reader.at_eof()
         )
 
     def abort(self) -> None:
@@ -85,7 +125,11 @@ class _Connection:
 
 
 def _remaining(timeouts: dict[str, float | None], name: str) -> float | None:
-    value = timeouts.get(name)
+    """The phase's timeout; a phase httpx did not mention gets a finite default (None, said
+    explicitly, is no limit)."""
+    if name not in timeouts:
+        return DEFAULT_PHASE_TIMEOUT
+    value = timeouts[name]
     return None if value is None else float(value)
 
 
@@ -159,6 +203,7 @@ class PeerTransport(httpx.AsyncBaseTransport):
         while self._idle:
             connection = self._idle.pop()  # the most recently used: the likeliest still open
             if connection.usable(now, self._expiry):
+                connection.reader.idle = False
                 return connection
             connection.abort()
         return None
@@ -167,14 +212,18 @@ class PeerTransport(httpx.AsyncBaseTransport):
         self, request: httpx.Request, timeouts: dict[str, float | None]
     ) -> _Connection:
         try:
+            loop = asyncio.get_running_loop()
+            reader = _PeerReader(READ_CHUNK)
             async with asyncio.timeout(_remaining(timeouts, "connect")):
-                reader, writer = await asyncio.open_connection(
+                # asyncio.open_connection, with our reader
+                transport, stream_protocol = await loop.create_connection(
+                    lambda: asyncio.StreamReaderProtocol(reader),
                     self.origin.host,
                     self.origin.port,
                     ssl=self._context,
                     server_hostname=self.origin.host,
-                    limit=READ_CHUNK,
                 )
+            writer = asyncio.StreamWriter(transport, stream_protocol, reader, loop)
         except TimeoutError:
             raise httpx.ConnectTimeout("connect timed out", request=request) from None
         except (ssl.SSLError, ssl.CertificateError) as exc:
@@ -182,6 +231,8 @@ class PeerTransport(httpx.AsyncBaseTransport):
             raise httpx.ConnectError("the TLS handshake failed", request=request) from exc
         except OSError as exc:
             raise httpx.ConnectError("the peer cannot be reached", request=request) from exc
+        except ValueError as exc:  # e.g. UnicodeError: a host name the resolver cannot encode
+            raise httpx.ConnectError("the peer's host name is not valid", request=request) from exc
         protocol = h11.Connection(h11.CLIENT, max_incomplete_event_size=self._max_header_bytes)
         return _Connection(reader, writer, protocol)
 
@@ -192,12 +243,12 @@ class PeerTransport(httpx.AsyncBaseTransport):
             if (
                 reusable
                 and not self._closed
-                and connection.protocol.our_state is h11.DONE
-                and connection.protocol.their_state is h11.DONE
+                and connection.exchange_ended_cleanly()
                 and len(self._idle) < self._max_keepalive
             ):
                 connection.protocol.start_next_cycle()
                 connection.idle_since = time.monotonic()
+                connection.reader.idle = True
                 self._idle.append(connection)
             else:
                 connection.abort()
