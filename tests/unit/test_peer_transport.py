@@ -10,6 +10,8 @@ import asyncio
 import gzip
 import json
 import ssl
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
@@ -24,6 +26,7 @@ from fedcore import pki
 from fedcore.federation_client import (
     ClientTimeouts,
     ConnectionMaterial,
+    ConnectionUnusable,
     FederationClient,
     PeerProtocolError,
     PeerTimeout,
@@ -387,6 +390,60 @@ async def test_bytes_beyond_the_answer_never_become_the_next_answer(keys: Pki, w
     assert server.accepted == 2  # the connection that carried extra bytes was dropped
 
 
+def test_bytes_still_in_the_kernel_when_the_caller_was_busy_are_seen_too(keys: Pki) -> None:
+    """The peer (its own thread and loop) sends an extra answer 2 ms after the first while the
+    caller's loop is busy (20 ms of CPU between calls, no await): the bytes have not reached
+    the reader yet when the connection is picked again — the socket check must catch them."""
+    smuggled = _ok(b'"SMUGGLED"')
+
+    async def handler(exchange: Exchange) -> None:
+        path = exchange.head.split(b" ")[1]
+        if path.endswith(b"/first"):
+            exchange.writer.write(_ok(b'"first"'))
+            await exchange.writer.drain()
+            await asyncio.sleep(0.002)
+            exchange.writer.write(smuggled)
+        else:
+            exchange.writer.write(_ok(b'"' + path.rsplit(b"/", 1)[-1] + b'"'))
+
+    ready, stop, box = threading.Event(), threading.Event(), {}
+
+    def run_server() -> None:
+        async def main() -> None:
+            async with serving(keys.server_context, handler) as server:
+                box["server"] = server
+                ready.set()
+                await asyncio.to_thread(stop.wait)
+
+        asyncio.run(main())
+
+    thread = threading.Thread(target=run_server, daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    server: Server = box["server"]
+
+    async def client() -> list[bytes]:
+        peer = transport(keys, server)
+        answers = []
+        try:
+            for name in ("first", "second", "third"):
+                response = await peer.handle_async_request(request(server, f"/v1/{name}"))
+                answers.append(await body_of(response))
+                busy_until = time.perf_counter() + 0.02
+                while time.perf_counter() < busy_until:  # CPU work: the loop does not poll
+                    pass
+        finally:
+            await peer.aclose()
+        return answers
+
+    try:
+        answers = asyncio.run(client())
+    finally:
+        stop.set()
+        thread.join(10)
+    assert answers == [b'"first"', b'"second"', b'"third"']
+
+
 # ------------------------------------------------------------------------------ failures
 
 
@@ -643,17 +700,18 @@ def test_an_internationalised_host_is_dialled_by_its_ascii_name() -> None:
     assert origin == Origin("xn--fa-hia.example", 8443)  # IDNA 2008, as in the Host header
 
 
-async def test_a_host_name_the_resolver_cannot_encode_is_a_connect_error(keys: Pki) -> None:
-    bad = "https://" + "a" * 64 + ".example:8443"  # a label over 63 characters
-    peer = PeerTransport(bad, keys.client_context)
-    try:
-        with pytest.raises(httpx.ConnectError) as info:
-            await peer.handle_async_request(
-                httpx.Request("GET", bad + "/x", extensions={"timeout": TIMEOUT})
-            )
-    finally:
-        await peer.aclose()
-    assert not isinstance(info.value.__cause__, ssl.SSLError)
+@pytest.mark.parametrize(
+    "endpoint",
+    ["https://" + "a" * 64 + ".example:8443", "https://\u2603.example", "http://peer.example"],
+)
+def test_an_endpoint_that_cannot_be_dialled_makes_the_connection_unusable(
+    keys: Pki, endpoint: str
+) -> None:
+    with pytest.raises((httpx.InvalidURL, httpx.UnsupportedProtocol)):
+        PeerTransport(endpoint, keys.client_context)
+    material = ConnectionMaterial(**{**keys.material.__dict__, "endpoint_url": endpoint})
+    with pytest.raises(ConnectionUnusable):  # a per-source error in a fan-out, never a 500
+        FederationClient.create(material, keys.sealer)
 
 
 async def test_a_phase_without_a_timeout_gets_a_finite_one(keys: Pki) -> None:

@@ -235,14 +235,15 @@ def build_ssl_context(
     material: ConnectionMaterial, sealer: Sealer, *, prefer_memory: bool = True
 ) -> ssl.SSLContext:
     """Client TLS context: our certificate + unsealed key, the peer verified against the pin."""
+    # What ssl.create_default_context(SERVER_AUTH, cadata=...) builds — hostname check,
+    # certificate required, only the pinned bundle — without reading SSLKEYLOGFILE: the
+    # environment must not make this process open a file for its TLS session secrets.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=material.ca_bundle_pem)
+        context.load_verify_locations(cadata=material.ca_bundle_pem)
     except (ssl.SSLError, ValueError):
         raise ConnectionUnusable("the connection's CA bundle does not load") from None
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    # create_default_context honours SSLKEYLOGFILE: the environment must not be able to make
-    # this process write its TLS session secrets to a file.
-    context.keylog_filename = None  # type: ignore[assignment]
     certs_pem = _identity_pem(material)
     try:
         key_pem = sealer.unseal(material.sealed_private_key, purpose=PURPOSE_CONNECTION_KEY)
@@ -370,8 +371,10 @@ class FederationClient:
                     max_connections=MAX_CONNECTIONS_PER_PEER,
                     max_keepalive_connections=MAX_KEEPALIVE_PER_PEER,
                 )
-            except httpx.UnsupportedProtocol:
-                raise ConnectionUnusable("the connection's endpoint is not an https URL") from None
+            except (httpx.UnsupportedProtocol, httpx.InvalidURL):
+                raise ConnectionUnusable(
+                    "the connection's endpoint is not an https URL with a valid host"
+                ) from None
         # Requests go straight to the transport: httpx's client layer (base URL merge, cookies,
         # auth and redirect flows, event hooks, decoders) is nothing this client uses and cost
         # ~0.2 ms of CPU per call. What it gave is here: the timeouts (as httpx's request

@@ -33,6 +33,8 @@ retried.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import select
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -62,13 +64,29 @@ class Origin:
         # The ASCII (IDNA 2008) form: what the Host header says is what is dialled and what the
         # certificate is checked against (the Unicode form would be re-encoded by socket/ssl
         # under IDNA 2003 rules — a different name for some hosts).
-        return cls(url.raw_host.decode("ascii"), url.port or 443)
+        host = url.raw_host.decode("ascii")
+        if not _valid_host(host):
+            raise httpx.InvalidURL(f"not a host name or address: {host[:80]!r}")
+        return cls(host, url.port or 443)
+
+
+def _valid_host(host: str) -> bool:
+    """An IP address, or a DNS name the resolver will take (labels 1-63, total <= 253)."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    labels = host.rstrip(".").split(".")
+    return len(host) <= 253 and all(0 < len(label) <= 63 for label in labels)
 
 
 class _PeerReader(asyncio.StreamReader):
     """asyncio's stream reader, counting the bytes it holds and noticing bytes that arrive
     while its connection sits idle in the pool: a connection holding bytes nobody asked for is
-    never reused, or they would be read as the next request's answer (a desync)."""
+    never reused, or they would be read as the next request's answer (a desync).
+
+    Only :meth:`read_chunk` reads from it (the count would miss any other read method)."""
 
     def __init__(self, limit: int) -> None:
         super().__init__(limit=limit)
@@ -83,10 +101,23 @@ class _PeerReader(asyncio.StreamReader):
         self.buffered += len(chunk)
         super().feed_data(chunk)
 
-    async def read(self, n: int = -1) -> bytes:
-        data = await super().read(n)
+    async def read_chunk(self) -> bytes:
+        data = await super().read(READ_CHUNK)
         self.buffered -= len(data)
         return data
+
+
+def _socket_readable(writer: asyncio.StreamWriter) -> bool:
+    """Whether the kernel holds bytes (or an EOF) for this socket that the event loop has not
+    read yet — on an idle keep-alive connection, something nobody asked for."""
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return True  # cannot tell: treat as dirty
+    try:
+        readable, _, _ = select.select([sock.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 @dataclass(eq=False)  # identity: kept in a set while in use
@@ -97,7 +128,11 @@ class _Connection:
     idle_since: float = field(default_factory=time.monotonic)
 
     def usable(self, now: float, expiry: float) -> bool:
-        """Still open, not closed by the peer and sent nothing while idle, not idle too long."""
+        """Still open, not closed by the peer and sent nothing while idle — neither bytes the
+        loop already handed to the reader nor bytes still in the kernel (the loop may not have
+        polled since they arrived: the caller was busy) —, and not idle too long. Bytes sent
+        after this check are HTTP/1.1 keep-alive's inherent race (httpcore's check is the same);
+        the exchange that meets them fails as a protocol error and is never reused."""
         return (
             not self.writer.is_closing()
             and not self.reader.at_eof()
@@ -105,6 +140,7 @@ class _Connection:
             and now - self.idle_since < expiry
             and self.protocol.our_state is h11.IDLE
             and self.protocol.their_state is h11.IDLE
+            and not _socket_readable(self.writer)
         )
 
     def exchange_ended_cleanly(self) -> bool:
@@ -250,10 +286,21 @@ class PeerTransport(httpx.AsyncBaseTransport):
                 connection.idle_since = time.monotonic()
                 connection.reader.idle = True
                 self._idle.append(connection)
+                self._prune_idle()
             else:
                 connection.abort()
         finally:
             self._slots.release()
+
+    def _prune_idle(self) -> None:
+        """Close idle connections the peer has closed or written to (the list is short)."""
+        now, kept = time.monotonic(), []
+        for connection in self._idle:
+            if connection.usable(now, self._expiry):
+                kept.append(connection)
+            else:
+                connection.abort()
+        self._idle = kept
 
     def _discard(self, connection: _Connection) -> None:
         self._in_use.discard(connection)
@@ -329,7 +376,7 @@ async def _next_event(
             return None
         try:
             async with asyncio.timeout(read_timeout):
-                data = await connection.reader.read(READ_CHUNK)
+                data = await connection.reader.read_chunk()
         except TimeoutError:
             raise httpx.ReadTimeout("the peer did not answer in time", request=request) from None
         except OSError as exc:

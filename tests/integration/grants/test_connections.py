@@ -131,6 +131,8 @@ async def test_keypair_refusals(harness: Harness) -> None:
     for body in (
         {"name": "bad name", "endpoint_url": "https://x.example"},
         {"name": "ok", "endpoint_url": "http://x.example"},
+        {"name": "ok", "endpoint_url": "https://" + "a" * 64 + ".example"},  # label > 63
+        {"name": "ok", "endpoint_url": "https://\u2603.example"},  # not a valid IDNA name
         {"name": "ok"},
     ):
         assert_error(await harness.call("POST", KEYPAIR, json=body), 422, "validation_error")

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 from urllib.parse import urlsplit
 
+import httpx
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -23,6 +24,7 @@ from pydantic import (
 )
 
 from fedcore.models import AuditOutcome, ConnectionState, GrantStatus, PeerState
+from fedcore.peer_transport import Origin
 from grants.settings import MAX_ENROLLMENT_TOKEN_TTL
 
 MAX_PEM_LENGTH = 64 * 1024
@@ -44,6 +46,10 @@ def _endpoint_url(value: str) -> str:
         raise ValueError("must not contain credentials")
     if parts.query or parts.fragment:
         raise ValueError("must not contain a query or a fragment")
+    try:  # what the federation client will dial: refused here, not at the first call
+        Origin.of(httpx.URL(value))
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol):
+        raise ValueError("must name a valid host name or address") from None
     return value.rstrip("/")
 
 
