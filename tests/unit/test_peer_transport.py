@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import os
+import resource
 import ssl
 import threading
 import time
@@ -249,6 +251,29 @@ async def test_sequential_requests_share_one_connection_and_present_the_identity
     assert f"host: {HOST}:{server.port}".encode() in first.head.lower()
     assert first.body == b'{"limit":50}'
     assert first.peer_subject == "odd-peer"  # the client certificate was presented
+
+
+async def test_keep_alive_works_for_descriptors_above_fd_setsize(keys: Pki) -> None:
+    """A busy service has more than 1024 descriptors open; the idle-connection check must not
+    take every such connection for dirty (select() cannot watch them; poll() can)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:
+        pytest.skip(f"descriptor limit {soft}: cannot open one above 1024")
+    filler = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        async with serving(keys.server_context, answer_page) as server:
+            peer = transport(keys, server)
+            try:
+                for _ in range(3):
+                    await fetch(peer, server)
+                [connection] = peer._idle
+                assert connection.writer.get_extra_info("socket").fileno() >= 1024
+            finally:
+                await peer.aclose()
+        assert server.accepted == 1
+    finally:
+        for fd in filler:
+            os.close(fd)
 
 
 async def test_concurrent_requests_each_get_a_connection_and_idle_ones_are_capped(

@@ -114,10 +114,14 @@ def _socket_readable(writer: asyncio.StreamWriter) -> bool:
     if sock is None:
         return True  # cannot tell: treat as dirty
     try:
-        readable, _, _ = select.select([sock.fileno()], [], [], 0)
+        fileno = sock.fileno()
+        if fileno < 0:
+            return True
+        poller = select.poll()  # not select(): that refuses descriptors >= FD_SETSIZE (1024)
+        poller.register(fileno, select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(0))  # any event (incl. POLLHUP/POLLERR): not reusable
     except (OSError, ValueError):
         return True
-    return bool(readable)
 
 
 @dataclass(eq=False)  # identity: kept in a set while in use
