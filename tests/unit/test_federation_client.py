@@ -70,6 +70,9 @@ def test_the_identity_loads_and_no_key_file_remains(sealer: Sealer, prefer_memor
     assert context.verify_mode is ssl.CERT_REQUIRED
     assert context.check_hostname is True
     assert context.minimum_version >= ssl.TLSVersion.TLSv1_2
+    assert context.options & ssl.OP_NO_RENEGOTIATION
+    assert context.hostname_checks_common_name is False
+    assert context.verify_flags & ssl.VERIFY_X509_STRICT
     # Only the pinned bundle is trusted: one root, no system store.
     assert len(context.get_ca_certs()) == 1
     assert _identity_files() == before

@@ -300,6 +300,38 @@ async def test_concurrent_requests_each_get_a_connection_and_idle_ones_are_cappe
             await peer.aclose()
 
 
+async def test_dead_idle_connections_do_not_crowd_out_a_healthy_one(keys: Pki) -> None:
+    gate = asyncio.Event()
+
+    async def handler(exchange: Exchange) -> None:
+        path = exchange.head.split(b" ")[1]
+        if path.endswith(b"/slow"):
+            await gate.wait()
+        exchange.writer.write(_ok(b"{}"))
+        if path.endswith(b"/closing"):  # a clean keep-alive answer, later the peer hangs up
+            await exchange.writer.drain()
+            await asyncio.sleep(0.05)
+            exchange.writer.close()
+
+    async with serving(keys.server_context, handler) as server:
+        peer = transport(keys, server, max_keepalive_connections=2)
+        try:
+            slow = asyncio.create_task(peer.handle_async_request(request(server, "/v1/slow")))
+            await server.wait_for_requests(1)
+            for response in await asyncio.gather(
+                *(peer.handle_async_request(request(server, "/v1/closing")) for _ in range(2))
+            ):
+                await body_of(response)  # two idle connections, both closed by the peer
+            assert len(peer._idle) == 2
+            await asyncio.sleep(0.2)
+            gate.set()
+            await body_of(await slow)  # the healthy one comes back: the dead ones make room
+            await fetch(peer, server)
+        finally:
+            await peer.aclose()
+    assert server.accepted == 3  # the last call reused the healthy connection
+
+
 async def test_a_chunked_answer_is_read_and_the_connection_reused(keys: Pki) -> None:
     async def chunked(exchange: Exchange) -> None:
         exchange.writer.write(
@@ -416,10 +448,11 @@ async def test_bytes_beyond_the_answer_never_become_the_next_answer(keys: Pki, w
 
 
 def test_bytes_still_in_the_kernel_when_the_caller_was_busy_are_seen_too(keys: Pki) -> None:
-    """The peer (its own thread and loop) sends an extra answer 2 ms after the first while the
-    caller's loop is busy (20 ms of CPU between calls, no await): the bytes have not reached
-    the reader yet when the connection is picked again — the socket check must catch them."""
+    """The peer (its own thread and loop) sends an extra answer after the first while the
+    caller's loop is busy (no await between calls): the bytes are in the kernel, not yet in the
+    reader, when the connection is picked again — the socket check must catch them."""
     smuggled = _ok(b'"SMUGGLED"')
+    sent = threading.Event()
 
     async def handler(exchange: Exchange) -> None:
         path = exchange.head.split(b" ")[1]
@@ -428,6 +461,8 @@ def test_bytes_still_in_the_kernel_when_the_caller_was_busy_are_seen_too(keys: P
             await exchange.writer.drain()
             await asyncio.sleep(0.002)
             exchange.writer.write(smuggled)
+            await exchange.writer.drain()
+            sent.set()
         else:
             exchange.writer.write(_ok(b'"' + path.rsplit(b"/", 1)[-1] + b'"'))
 
@@ -454,9 +489,11 @@ def test_bytes_still_in_the_kernel_when_the_caller_was_busy_are_seen_too(keys: P
             for name in ("first", "second", "third"):
                 response = await peer.handle_async_request(request(server, f"/v1/{name}"))
                 answers.append(await body_of(response))
-                busy_until = time.perf_counter() + 0.02
-                while time.perf_counter() < busy_until:  # CPU work: the loop does not poll
-                    pass
+                if name == "first":
+                    # Busy (blocking, the loop does not poll) until the extra bytes are sent,
+                    # and a moment for them to cross loopback into our socket's buffer.
+                    assert sent.wait(10)
+                    time.sleep(0.05)  # noqa: ASYNC251 - blocking on purpose: a busy caller
         finally:
             await peer.aclose()
         return answers
@@ -491,8 +528,10 @@ async def test_a_peer_that_never_answers_is_a_read_timeout_and_frees_the_slot(ke
 
 
 async def test_a_peer_that_accepts_but_never_does_tls_is_a_connect_timeout(keys: Pki) -> None:
+    held: list[asyncio.StreamWriter] = []
+
     async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(30)
+        held.append(writer)  # closed at the end of the test, not left to the collector
 
     blackhole = await asyncio.start_server(hold, HOST, 0)  # plain TCP: no handshake ever
     port = blackhole.sockets[0].getsockname()[1]
@@ -505,6 +544,8 @@ async def test_a_peer_that_accepts_but_never_does_tls_is_a_connect_timeout(keys:
             await peer.handle_async_request(slow)
     finally:
         await peer.aclose()
+        for writer in held:
+            writer.transport.abort()
         blackhole.close()
         await blackhole.wait_closed()
 
@@ -726,8 +767,33 @@ def test_an_internationalised_host_is_dialled_by_its_ascii_name() -> None:
 
 
 @pytest.mark.parametrize(
+    ("url", "origin"),
+    [
+        ("https://[::1]:8443", Origin("::1", 8443)),
+        ("https://127.0.0.1", Origin("127.0.0.1", 443)),
+        ("https://gw_a.peer-1.example:9", Origin("gw_a.peer-1.example", 9)),
+        ("https://localhost:8443", Origin("localhost", 8443)),
+    ],
+)
+def test_ordinary_hosts_are_accepted(url: str, origin: Origin) -> None:
+    assert Origin.of(httpx.URL(url)) == origin
+
+
+@pytest.mark.parametrize(
     "endpoint",
-    ["https://" + "a" * 64 + ".example:8443", "https://\u2603.example", "http://peer.example"],
+    [
+        "https://" + "a" * 64 + ".example:8443",  # a label over 63 characters
+        "https://\u2603.example",  # not IDNA 2008
+        "http://peer.example",
+        "https://peer.example.",  # trailing dot: SNI and the name check would disagree
+        "https://a*b.example",
+        "https://-a.example",
+        "https://127.1",  # legacy numeric IPv4 forms: an address dialled, a name checked
+        "https://2130706433",
+        "https://0x7f.1",
+        "https://1.2.3.4.5",
+        "https://[fe80::1%25eth0]",  # an IPv6 zone
+    ],
 )
 def test_an_endpoint_that_cannot_be_dialled_makes_the_connection_unusable(
     keys: Pki, endpoint: str

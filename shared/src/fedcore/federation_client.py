@@ -244,6 +244,11 @@ def build_ssl_context(
     except (ssl.SSLError, ValueError):
         raise ConnectionUnusable("the connection's CA bundle does not load") from None
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # Explicit, not left to the Python version's defaults: no TLS 1.2 renegotiation, the name
+    # checked against subjectAltName only, strict X.509 (the gateway PKI is RFC 5280 clean).
+    context.options |= ssl.OP_NO_RENEGOTIATION
+    context.hostname_checks_common_name = False
+    context.verify_flags |= ssl.VERIFY_X509_STRICT
     certs_pem = _identity_pem(material)
     try:
         key_pem = sealer.unseal(material.sealed_private_key, purpose=PURPOSE_CONNECTION_KEY)

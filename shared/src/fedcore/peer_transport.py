@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import select
 import ssl
 import time
@@ -70,15 +71,28 @@ class Origin:
         return cls(host, url.port or 443)
 
 
+_DNS_LABEL: Final = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)", re.ASCII)
+
+
 def _valid_host(host: str) -> bool:
-    """An IP address, or a DNS name the resolver will take (labels 1-63, total <= 253)."""
+    """An IP address (no IPv6 zone), or a DNS name that dials what the certificate is checked
+    against: LDH labels of 1-63 characters, at most 253 in all, no trailing dot, and not a
+    legacy numeric IPv4 form (``127.1``, ``2130706433``, ``0x7f.1``: the resolver would dial an
+    address while TLS checks the certificate for a name)."""
+    if "%" in host:
+        return False
     try:
         ipaddress.ip_address(host)
         return True
     except ValueError:
         pass
-    labels = host.rstrip(".").split(".")
-    return len(host) <= 253 and all(0 < len(label) <= 63 for label in labels)
+    if len(host) > 253 or host.endswith("."):
+        return False
+    labels = host.lower().split(".")
+    if not all(_DNS_LABEL.fullmatch(label) for label in labels):
+        return False
+    last = labels[-1]
+    return not (last.isdigit() or last.startswith("0x"))
 
 
 class _PeerReader(asyncio.StreamReader):
@@ -280,17 +294,15 @@ class PeerTransport(httpx.AsyncBaseTransport):
         """Called once per request by its response body: back to the idle list or closed."""
         self._in_use.discard(connection)
         try:
-            if (
-                reusable
-                and not self._closed
-                and connection.exchange_ended_cleanly()
-                and len(self._idle) < self._max_keepalive
-            ):
+            if reusable and not self._closed and connection.exchange_ended_cleanly():
                 connection.protocol.start_next_cycle()
                 connection.idle_since = time.monotonic()
                 connection.reader.idle = True
-                self._idle.append(connection)
-                self._prune_idle()
+                self._prune_idle()  # first: a dead idle connection must not take a kept slot
+                if len(self._idle) < self._max_keepalive:
+                    self._idle.append(connection)
+                else:
+                    connection.abort()
             else:
                 connection.abort()
         finally:
