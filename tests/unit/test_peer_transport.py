@@ -205,6 +205,31 @@ async def answer_page(exchange: Exchange) -> None:
     exchange.writer.write(_ok(json.dumps(PAGE).encode()))
 
 
+async def silent(exchange: Exchange) -> None:
+    """A peer that reads the request and never answers."""
+    await asyncio.sleep(30)
+
+
+async def fetch_twice(
+    keys: Pki, handler: Handler, pause: float = 0.0, **kwargs: Any
+) -> tuple[list[bytes], int]:
+    """Two requests, ``pause`` seconds apart: the answers' bodies, and how many connections the
+    server accepted for them (1: the connection was reused)."""
+    async with serving(keys.server_context, handler) as server:
+        peer = transport(keys, server, **kwargs)
+        try:
+            answers = []
+            for index in range(2):
+                if index:
+                    await asyncio.sleep(pause)
+                status, body = await fetch(peer, server)
+                assert status == 200
+                answers.append(body)
+        finally:
+            await peer.aclose()
+    return answers, server.accepted
+
+
 def transport(keys: Pki, server: Server, **kwargs: object) -> PeerTransport:
     return PeerTransport(f"https://{HOST}:{server.port}", keys.client_context, **kwargs)  # type: ignore[arg-type]
 
@@ -339,14 +364,7 @@ async def test_a_chunked_answer_is_read_and_the_connection_reused(keys: Pki) -> 
             b"3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n"
         )
 
-    async with serving(keys.server_context, chunked) as server:
-        peer = transport(keys, server)
-        try:
-            assert await fetch(peer, server) == (200, b"abcdefg")
-            assert await fetch(peer, server) == (200, b"abcdefg")
-        finally:
-            await peer.aclose()
-    assert server.accepted == 1
+    assert await fetch_twice(keys, chunked) == ([b"abcdefg", b"abcdefg"], 1)
 
 
 async def test_connection_close_is_honoured(keys: Pki) -> None:
@@ -355,14 +373,7 @@ async def test_connection_close_is_honoured(keys: Pki) -> None:
         await exchange.writer.drain()
         exchange.writer.close()
 
-    async with serving(keys.server_context, closing) as server:
-        peer = transport(keys, server)
-        try:
-            assert await fetch(peer, server) == (200, b"{}")
-            assert await fetch(peer, server) == (200, b"{}")
-        finally:
-            await peer.aclose()
-    assert server.accepted == 2
+    assert await fetch_twice(keys, closing) == ([b"{}", b"{}"], 2)
 
 
 async def test_a_connection_the_peer_closed_while_idle_is_not_reused(keys: Pki) -> None:
@@ -371,27 +382,13 @@ async def test_a_connection_the_peer_closed_while_idle_is_not_reused(keys: Pki) 
         await exchange.writer.drain()
         exchange.writer.close()
 
-    async with serving(keys.server_context, answer_then_close) as server:
-        peer = transport(keys, server)
-        try:
-            assert await fetch(peer, server) == (200, b"{}")
-            await asyncio.sleep(0.1)  # the peer's close arrives while the connection is idle
-            assert await fetch(peer, server) == (200, b"{}")
-        finally:
-            await peer.aclose()
-    assert server.accepted == 2
+    # The peer's close arrives while the connection is idle.
+    assert await fetch_twice(keys, answer_then_close, pause=0.1) == ([b"{}", b"{}"], 2)
 
 
 async def test_idle_connections_expire(keys: Pki) -> None:
-    async with serving(keys.server_context, answer_page) as server:
-        peer = transport(keys, server, keepalive_expiry=0.05)
-        try:
-            await fetch(peer, server)
-            await asyncio.sleep(0.1)
-            await fetch(peer, server)
-        finally:
-            await peer.aclose()
-    assert server.accepted == 2
+    _, accepted = await fetch_twice(keys, answer_page, pause=0.1, keepalive_expiry=0.05)
+    assert accepted == 2
 
 
 async def test_an_answer_not_read_to_its_end_closes_its_connection(keys: Pki) -> None:
@@ -510,9 +507,6 @@ def test_bytes_still_in_the_kernel_when_the_caller_was_busy_are_seen_too(keys: P
 
 
 async def test_a_peer_that_never_answers_is_a_read_timeout_and_frees_the_slot(keys: Pki) -> None:
-    async def silent(exchange: Exchange) -> None:
-        await asyncio.sleep(30)
-
     async with serving(keys.server_context, silent) as server:
         peer = transport(keys, server, max_connections=1)
         try:
@@ -655,9 +649,6 @@ async def test_a_peer_that_hangs_up_mid_answer_is_a_protocol_error(keys: Pki) ->
 
 
 async def test_a_cancelled_request_frees_its_slot_and_drops_its_connection(keys: Pki) -> None:
-    async def silent(exchange: Exchange) -> None:
-        await asyncio.sleep(30)
-
     async with serving(keys.server_context, silent) as server:
         peer = transport(keys, server, max_connections=1)
         try:
@@ -676,9 +667,6 @@ async def test_a_cancelled_request_frees_its_slot_and_drops_its_connection(keys:
 async def test_waiting_longer_than_the_pool_timeout_for_a_slot_is_a_pool_timeout(
     keys: Pki,
 ) -> None:
-    async def silent(exchange: Exchange) -> None:
-        await asyncio.sleep(30)
-
     async with serving(keys.server_context, silent) as server:
         peer = transport(keys, server, max_connections=1)
         try:
@@ -806,9 +794,6 @@ def test_an_endpoint_that_cannot_be_dialled_makes_the_connection_unusable(
 
 
 async def test_a_phase_without_a_timeout_gets_a_finite_one(keys: Pki) -> None:
-    async def silent(exchange: Exchange) -> None:
-        await asyncio.sleep(30)
-
     async with serving(keys.server_context, silent) as server:
         peer = transport(keys, server)
         try:
