@@ -210,6 +210,22 @@ async def silent(exchange: Exchange) -> None:
     await asyncio.sleep(30)
 
 
+async def fails_then_recovers(keys: Pki, handler: Handler, error: type[Exception]) -> None:
+    """With one connection slot: a request the peer answers badly raises ``error``; then the
+    slot is free again and a good answer arrives over a new connection (the bad one was not
+    reused)."""
+    async with serving(keys.server_context, handler) as server:
+        peer = transport(keys, server, max_connections=1)
+        try:
+            with pytest.raises(error):
+                await fetch(peer, server)
+            server.handler = answer_page
+            assert (await fetch(peer, server))[0] == 200
+        finally:
+            await peer.aclose()
+    assert server.accepted == 2
+
+
 async def fetch_twice(
     keys: Pki, handler: Handler, pause: float = 0.0, **kwargs: Any
 ) -> tuple[list[bytes], int]:
@@ -619,16 +635,7 @@ async def test_an_answer_that_is_not_valid_http_is_a_protocol_error(
     async def bad(exchange: Exchange) -> None:
         exchange.writer.write(answer)
 
-    async with serving(keys.server_context, bad) as server:
-        peer = transport(keys, server, max_connections=1)
-        try:
-            with pytest.raises(httpx.RemoteProtocolError):
-                await fetch(peer, server)
-            server.handler = answer_page
-            assert (await fetch(peer, server))[0] == 200  # slot freed, new connection
-        finally:
-            await peer.aclose()
-    assert server.accepted == 2
+    await fails_then_recovers(keys, bad, httpx.RemoteProtocolError)
 
 
 async def test_a_peer_that_hangs_up_mid_answer_is_a_protocol_error(keys: Pki) -> None:
@@ -637,15 +644,7 @@ async def test_a_peer_that_hangs_up_mid_answer_is_a_protocol_error(keys: Pki) ->
         await exchange.writer.drain()
         exchange.writer.close()
 
-    async with serving(keys.server_context, cut) as server:
-        peer = transport(keys, server, max_connections=1)
-        try:
-            with pytest.raises(httpx.RemoteProtocolError):
-                await fetch(peer, server)
-            server.handler = answer_page
-            assert (await fetch(peer, server))[0] == 200
-        finally:
-            await peer.aclose()
+    await fails_then_recovers(keys, cut, httpx.RemoteProtocolError)
 
 
 async def test_a_cancelled_request_frees_its_slot_and_drops_its_connection(keys: Pki) -> None:

@@ -10,10 +10,13 @@ the admin CLI's HTTP client, so it is ``fedcore.federation_client``.)
   file (in ``/dev/shm`` when it exists), encrypted under a random one-time password and removed
   right after ``load_cert_chain``.
 * The remote server is verified against the connection's *pinned* CA bundle only (no system
-  roots, hostname checked), TLS 1.2+.
-* Explicit timeouts on every phase; only connection failures (never a TLS verification failure,
-  never a request that reached the peer) are retried, and only for the idempotent read verbs,
-  with jittered exponential backoff.
+  roots, hostname checked against the subjectAltName, strict X.509, no renegotiation), TLS 1.2+.
+* Requests go over :mod:`fedcore.peer_transport` (HTTP/1.1 over asyncio TLS, bound to the
+  connection's endpoint), straight to the transport: no httpx client layer, no redirects, no
+  proxy or netrc from the environment, ``Accept-Encoding: identity``.
+* Explicit timeouts on every phase and a deadline for the whole call; only connection failures
+  (never a TLS verification failure, never a request that reached the peer) are retried, and
+  only for the idempotent read verbs, with jittered exponential backoff.
 * Answers are read with a size cap; a non-2xx answer raises :class:`PeerRefused` carrying the
   peer's error code. No answer is ever written anywhere: the caller gets Python objects.
 * ``renew`` asks the peer for a new certificate (``POST /renew``, not retried: not idempotent).
