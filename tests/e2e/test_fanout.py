@@ -362,6 +362,49 @@ def test_a_connection_that_is_not_active_is_refused(fed: Federation) -> None:
         )
 
 
+def test_a_retired_connection_is_never_called_again(fed: Federation) -> None:
+    enrolled = fed.enroll("retired")
+    source = f"federated:{enrolled.name}"
+    assert not fed.api.query("tasks", source=source)["errors"]  # a live client is cached
+    calls_at_a = _verbs_calls(fed, enrolled.grant["id"])
+    assert calls_at_a >= 1
+
+    retired = retire_connection(fed.b, enrolled.name)
+    assert (retired["id"], retired["state"]) == (enrolled.connection["id"], "revoked")
+
+    response = fed.api.post("tasks", {"source": source})
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "connection_not_active"
+    answer = fed.api.query("tasks", source="all")
+    assert source not in [s["source"] for s in answer["sources"]]
+    assert _verbs_calls(fed, enrolled.grant["id"]) == calls_at_a  # nothing went out
+    # The key is gone from B's database; the grant at A is A's to revoke (still active there).
+    [(key,)] = fetch_all(
+        fed.b.database_url,
+        "SELECT sealed_private_key FROM federation_connections WHERE name = %s",
+        (enrolled.name,),
+    )
+    assert bytes(key) == b""
+    [(status,)] = fetch_all(
+        fed.a.database_url,
+        "SELECT status::text FROM federation_grants WHERE id = %s",
+        (enrolled.grant["id"],),
+    )
+    assert status == "active"
+    again = mosaic("federation", "connection", "retire", enrolled.connection["id"], gateway=fed.b)
+    assert again.returncode == 1
+    assert "error: invalid_transition:" in again.stderr
+
+
+def _verbs_calls(fed: Federation, grant_id: str) -> int:
+    [(count,)] = fetch_all(
+        fed.a.database_url,
+        "SELECT count(*) FROM federation_audit_log WHERE grant_id = %s AND action LIKE 'verb.%%'",
+        (grant_id,),
+    )
+    return int(count)
+
+
 def test_the_cli_queries_and_shows_sources(fed: Federation) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MOSAIC_")} | {
         "MOSAIC_ADMIN_URL": fed.b.admin_url,

@@ -126,13 +126,15 @@ def redirect_connection(b: Gateway, name: str, endpoint_url: str) -> None:
     assert len(rows) == 1
 
 
-def retire_connection(b: Gateway, name: str) -> None:
-    """Test cleanup: take a connection out of `source=all` (B has no API to retire one yet)."""
-    fetch_all(
-        b.database_url,
-        "UPDATE federation_connections SET state = 'revoked' WHERE name = %s RETURNING id",
-        (name,),
+def retire_connection(b: Gateway, name: str) -> dict[str, Any]:
+    """Take a connection out of `source=all` for good: `mosaic federation connection retire`."""
+    [(connection_id,)] = fetch_all(
+        b.database_url, "SELECT id FROM federation_connections WHERE name = %s", (name,)
     )
+    retired: dict[str, Any] = mosaic_json(
+        "federation", "connection", "retire", str(connection_id), gateway=b
+    )
+    return retired
 
 
 class Blackhole:

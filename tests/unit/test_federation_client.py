@@ -121,6 +121,21 @@ async def test_the_pool_reuses_a_client_until_the_material_changes(sealer: Seale
         await pool.aclose()
 
 
+async def test_the_pool_drops_one_connections_client(sealer: Sealer) -> None:
+    pool = FederationClientPool(sealer, retire_after=0)
+    retired, kept = _material(sealer), _material(sealer)
+    try:
+        first = pool.client_for(retired)
+        other = pool.client_for(kept)
+        pool.drop(retired.id)
+        pool.drop(uuid.uuid4())  # not cached: nothing to do
+        assert len(pool) == 1
+        assert pool.client_for(kept) is other
+        assert pool.client_for(retired) is not first  # a new one, built from the row again
+    finally:
+        await pool.aclose()
+
+
 def _client(sealer: Sealer, handler: Handler) -> FederationClient:
     return FederationClient(
         _material(sealer),

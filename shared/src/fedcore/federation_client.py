@@ -631,6 +631,13 @@ class FederationClientPool:
         for connection_id in [cid for cid in self._clients if cid not in keep]:
             self._retire(self._clients.pop(connection_id))
 
+    def drop(self, connection_id: uuid.UUID) -> None:
+        """Drop one connection's client (it is no longer active: its key must not stay in
+        memory until the next ``retain``)."""
+        client = self._clients.pop(connection_id, None)
+        if client is not None:
+            self._retire(client)
+
     def _retire(self, client: FederationClient) -> None:
         async def close_later() -> None:
             await asyncio.sleep(self._retire_after)

@@ -277,17 +277,109 @@ async def test_unknown_connection_is_404(harness: Harness, remote_ca: pki.CaHier
     )
 
 
-async def test_only_a_pending_connection_can_be_deleted(
+async def _active(
+    harness: Harness, remote_ca: pki.CaHierarchy, name: str
+) -> tuple[dict[str, Any], uuid.UUID, uuid.UUID]:
+    keypair = await _keypair(harness, name)
+    grant_id, user_id = uuid.uuid4(), uuid.uuid4()
+    cert = _issue(remote_ca, _csr_key(keypair), grant_id=grant_id, subject_user_id=user_id)
+    await harness.ok(
+        "PATCH",
+        f"/api/admin/federation/peers/{keypair['connection_id']}/cert",
+        json=_body(remote_ca, cert),
+    )
+    return keypair, grant_id, user_id
+
+
+async def test_an_active_connection_is_retired_for_good(
+    harness: Harness, remote_ca: pki.CaHierarchy
+) -> None:
+    keypair, grant_id, user_id = await _active(harness, remote_ca, "to-be-retired")
+    connection_id = keypair["connection_id"]
+    other, _, _ = await _active(harness, remote_ca, "stays")
+    for row in (connection_id, other["connection_id"]):
+        harness.db.execute(
+            "INSERT INTO federation_circuits (connection_id, consecutive_failures) VALUES (%s, 2)",
+            (row,),
+        )
+    before = harness.db.snapshot("federation_connections", connection_id)
+    assert before["sealed_private_key"]
+
+    retired = await harness.ok("POST", f"{CONNECTIONS}/{connection_id}/retire")
+    assert (retired["id"], retired["state"]) == (connection_id, "revoked")
+    assert retired["cert_serial"] == before["cert_serial"]  # the record stays readable
+    row = harness.db.snapshot("federation_connections", connection_id)
+    assert row["state"] == "revoked"
+    assert bytes(row["sealed_private_key"]) == b""  # nothing here can present it again
+    assert row["updated_at"] > before["updated_at"]
+    circuits = harness.db.rows("SELECT connection_id FROM federation_circuits")
+    assert circuits == [(uuid.UUID(other["connection_id"]),)]
+    assert harness.db.snapshot("federation_connections", other["connection_id"])["state"] == (
+        "active"
+    )
+    [audit] = [r for r in harness.db.audit() if r["action"] == "connection.retire"]
+    assert (audit["outcome"], audit["target_id"], audit["grant_id"], audit["subject_user_id"]) == (
+        "allowed",
+        connection_id,
+        grant_id,
+        user_id,
+    )
+
+    # Final: no second retirement, no renewal, no certificate; nothing changes.
+    settled = harness.db.snapshot("federation_connections", connection_id)
+    assert_error(
+        await harness.call("POST", f"{CONNECTIONS}/{connection_id}/retire"),
+        409,
+        "invalid_transition",
+    )
+    assert_error(
+        await harness.call("POST", f"{CONNECTIONS}/{connection_id}/renew"),
+        409,
+        "connection_not_active",
+    )
+    assert harness.db.snapshot("federation_connections", connection_id) == settled
+    refused = [r for r in harness.db.audit() if r["action"] == "connection.retire"][1:]
+    assert [(r["outcome"], r["reason_code"]) for r in refused] == [("denied", "invalid_transition")]
+
+
+async def test_retire_refusals(harness: Harness) -> None:
+    pending = await _keypair(harness, "pending")
+    before = harness.db.snapshot("federation_connections", pending["connection_id"])
+    assert_error(
+        await harness.call("POST", f"{CONNECTIONS}/{pending['connection_id']}/retire"),
+        409,
+        "invalid_transition",
+    )
+    assert harness.db.snapshot("federation_connections", pending["connection_id"]) == before
+    assert_error(
+        await harness.call("POST", f"{CONNECTIONS}/{uuid.uuid4()}/retire"),
+        404,
+        "connection_not_found",
+    )
+
+
+async def test_a_user_token_cannot_retire_a_connection(
+    harness: Harness, remote_ca: pki.CaHierarchy
+) -> None:
+    keypair, _, _ = await _active(harness, remote_ca, "users-cannot")
+    before = harness.db.snapshot("federation_connections", keypair["connection_id"])
+    user = await harness.user()
+    token, _ = harness.db.insert_token("user", uuid.UUID(user["id"]))
+    assert_error(
+        await harness.call(
+            "POST", f"{CONNECTIONS}/{keypair['connection_id']}/retire", headers=harness.auth(token)
+        ),
+        403,
+        "admin_role_required",
+    )
+    assert harness.db.snapshot("federation_connections", keypair["connection_id"]) == before
+
+
+async def test_only_a_pending_or_retired_connection_can_be_deleted(
     harness: Harness, remote_ca: pki.CaHierarchy
 ) -> None:
     abandoned = await _keypair(harness, "abandoned")
-    kept = await _keypair(harness, "kept")
-    cert = _issue(remote_ca, _csr_key(kept), grant_id=uuid.uuid4(), subject_user_id=uuid.uuid4())
-    await harness.ok(
-        "PATCH",
-        f"/api/admin/federation/peers/{kept['connection_id']}/cert",
-        json=_body(remote_ca, cert),
-    )
+    kept, _, _ = await _active(harness, remote_ca, "kept")
     assert await harness.ok("DELETE", f"{CONNECTIONS}/{abandoned['connection_id']}", 204) is None
     before = harness.db.snapshot("federation_connections", kept["connection_id"])
     assert_error(
@@ -297,6 +389,11 @@ async def test_only_a_pending_connection_can_be_deleted(
     )
     assert harness.db.snapshot("federation_connections", kept["connection_id"]) == before
     assert harness.db.count("federation_connections") == 1
+    # Retired, it can go, and its name is free again.
+    await harness.ok("POST", f"{CONNECTIONS}/{kept['connection_id']}/retire")
+    assert await harness.ok("DELETE", f"{CONNECTIONS}/{kept['connection_id']}", 204) is None
+    assert harness.db.count("federation_connections") == 0
+    await _keypair(harness, "kept")
     assert_error(
         await harness.call("DELETE", f"{CONNECTIONS}/{uuid.uuid4()}"), 404, "connection_not_found"
     )

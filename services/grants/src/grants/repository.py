@@ -25,6 +25,7 @@ from fedcore.models import (
     ConnectionState,
     FederationAuditLog,
     FederationCertificate,
+    FederationCircuit,
     FederationConnection,
     FederationEnrollmentToken,
     FederationGrant,
@@ -495,13 +496,38 @@ class ConnectionRepository:
             .values(state=ConnectionState.ACTIVE, **values)
         )
 
-    async def delete_pending(self, connection_id: uuid.UUID) -> bool:
+    async def retire_active(self, connection_id: uuid.UUID, now: datetime) -> bool:
+        """Active → revoked, for good: the sealed private key is wiped, so nothing on this
+        gateway can present the identity again (there is no way back to active: a new
+        enrollment makes a new connection), and the circuit's state goes with it."""
+        rows = (
+            await self.session.execute(
+                update(FederationConnection)
+                .where(
+                    FederationConnection.id == connection_id,
+                    FederationConnection.state == ConnectionState.ACTIVE,
+                )
+                .values(state=ConnectionState.REVOKED, sealed_private_key=b"", updated_at=now)
+                .returning(FederationConnection.id)
+            )
+        ).all()
+        if rows:
+            await self.session.execute(
+                delete(FederationCircuit).where(FederationCircuit.connection_id == connection_id)
+            )
+        return bool(rows)
+
+    async def delete_inactive(self, connection_id: uuid.UUID) -> bool:
+        """A pending (abandoned) or revoked (retired) connection; an active one is retired
+        first, so its key is never removed while a call could be using it."""
         rows = (
             await self.session.execute(
                 delete(FederationConnection)
                 .where(
                     FederationConnection.id == connection_id,
-                    FederationConnection.state == ConnectionState.PENDING,
+                    FederationConnection.state.in_(
+                        [ConnectionState.PENDING, ConnectionState.REVOKED]
+                    ),
                 )
                 .returning(FederationConnection.id)
             )

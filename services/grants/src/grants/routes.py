@@ -157,9 +157,14 @@ async def renew_connection(connection_id: uuid.UUID, ctx: Ctx) -> schemas.Connec
     return await ConnectionService.renew(ctx, connection_id)
 
 
+@router.post("/federation/connections/{connection_id}/retire", tags=["outbound"])
+async def retire_connection(connection_id: uuid.UUID, ctx: Ctx) -> schemas.ConnectionOut:
+    return await ConnectionService.retire(ctx, connection_id)
+
+
 @router.delete("/federation/connections/{connection_id}", status_code=204, tags=["outbound"])
 async def delete_connection(connection_id: uuid.UUID, ctx: Ctx) -> Response:
-    await ConnectionService.delete_pending(ctx, connection_id)
+    await ConnectionService.delete_inactive(ctx, connection_id)
     return Response(status_code=204)
 
 

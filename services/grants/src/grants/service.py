@@ -807,16 +807,42 @@ class ConnectionService:
         return connection_out(connection)
 
     @staticmethod
-    async def delete_pending(ctx: AdminContext, connection_id: uuid.UUID) -> None:
+    async def retire(ctx: AdminContext, connection_id: uuid.UUID) -> schemas.ConnectionOut:
+        """Stop using a connection for good (docs/admin-api.md): revoked, key wiped. The grant
+        at the peer is the peer's to revoke; the certificate expires there on its own."""
+        async with audited(
+            ctx, "connection.retire", "connection", target_id=str(connection_id)
+        ) as audit:
+            repo = ConnectionRepository(ctx.session)
+            # Locked: a renewal storing a new key waits, then finds the connection revoked.
+            connection = await repo.get(connection_id, for_update=True)
+            if connection is None:
+                raise NotFound("no such connection", code="connection_not_found")
+            audit.note(
+                grant_id=connection.remote_grant_id,
+                subject_user_id=connection.remote_subject_user_id,
+            )
+            if not await repo.retire_active(connection_id, utcnow()):
+                raise InvalidTransition(
+                    f"the connection is {connection.state.value}; only an active connection "
+                    "can be retired"
+                )
+            retired = await repo.get(connection_id)
+            assert retired is not None  # locked above
+        log.info("connection retired", extra={"connection_id": str(connection_id)})
+        return connection_out(retired)
+
+    @staticmethod
+    async def delete_inactive(ctx: AdminContext, connection_id: uuid.UUID) -> None:
         async with audited(ctx, "connection.delete", "connection", target_id=str(connection_id)):
             repo = ConnectionRepository(ctx.session)
             connection = await repo.get(connection_id, for_update=True)
             if connection is None:
                 raise NotFound("no such connection", code="connection_not_found")
-            if not await repo.delete_pending(connection_id):
+            if not await repo.delete_inactive(connection_id):
                 raise InvalidTransition(
-                    f"the connection is {connection.state.value}; only a pending connection "
-                    "can be deleted"
+                    f"the connection is {connection.state.value}; retire it first (only a "
+                    "pending or retired connection can be deleted)"
                 )
 
 

@@ -196,6 +196,7 @@ class LocalQueryService:
         if row is None:
             raise NotFound("no such connection", code="connection_not_found")
         if row.state != ConnectionState.ACTIVE:
+            self.pool.drop(row.id)  # retired: its client (and unsealed key) goes now
             raise Conflict(
                 f"the connection is {ConnectionState(row.state).value}",
                 code="connection_not_active",

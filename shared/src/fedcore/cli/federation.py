@@ -393,6 +393,15 @@ def _connection_renew(api: AdminClient, args: argparse.Namespace) -> Any:
     return api.post(f"{CONNECTIONS}/{args.connection_id}/renew")
 
 
+def _connection_retire(api: AdminClient, args: argparse.Namespace) -> Any:
+    return api.post(f"{CONNECTIONS}/{args.connection_id}/retire")
+
+
+def _connection_delete(api: AdminClient, args: argparse.Namespace) -> Any:
+    api.delete(f"{CONNECTIONS}/{args.connection_id}")
+    return {"id": str(args.connection_id), "deleted": True}
+
+
 def _audit(api: AdminClient, args: argparse.Namespace) -> Any:
     return api.get(
         AUDIT,
@@ -434,6 +443,23 @@ def _register_connections(
         output.print_record,
     )
     renew.add_argument("connection_id", type=uuid_arg, metavar="CONNECTION_ID")
+    retire = api_command(
+        connections,
+        "retire",
+        "stop using the connection for good: revoked, its private key wiped (the grant at the "
+        "peer is the peer's to revoke)",
+        _connection_retire,
+        output.print_record,
+    )
+    retire.add_argument("connection_id", type=uuid_arg, metavar="CONNECTION_ID")
+    delete = api_command(
+        connections,
+        "delete",
+        "remove a pending (abandoned) or retired connection; its name is free again",
+        _connection_delete,
+        output.print_record,
+    )
+    delete.add_argument("connection_id", type=uuid_arg, metavar="CONNECTION_ID")
     query.register_connection_commands(connections)
 
 
