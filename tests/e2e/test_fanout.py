@@ -370,6 +370,7 @@ def test_a_retired_connection_is_never_called_again(fed: Federation) -> None:
     assert calls_at_a >= 1
 
     retired = retire_connection(fed.b, enrolled.name)
+    assert retired is not None
     assert (retired["id"], retired["state"]) == (enrolled.connection["id"], "revoked")
 
     response = fed.api.post("tasks", {"source": source})
@@ -394,6 +395,16 @@ def test_a_retired_connection_is_never_called_again(fed: Federation) -> None:
     again = mosaic("federation", "connection", "retire", enrolled.connection["id"], gateway=fed.b)
     assert again.returncode == 1
     assert "error: invalid_transition:" in again.stderr
+    # Retired, it can be deleted: its name is free again.
+    deleted = mosaic_json(
+        "federation", "connection", "delete", enrolled.connection["id"], gateway=fed.b
+    )
+    assert deleted == {"id": enrolled.connection["id"], "deleted": True}
+    assert not fetch_all(
+        fed.b.database_url,
+        "SELECT id FROM federation_connections WHERE name = %s",
+        (enrolled.name,),
+    )
 
 
 def _verbs_calls(fed: Federation, grant_id: str) -> int:

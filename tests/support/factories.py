@@ -10,6 +10,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
+from fedcore import pki
+from fedcore.federation_client import ConnectionMaterial
 from fedcore.models import (
     FederationEnrollmentToken,
     FederationGrant,
@@ -20,6 +22,7 @@ from fedcore.models import (
     User,
 )
 from fedcore.pki import utcnow
+from fedcore.sealing import PURPOSE_CONNECTION_KEY, Sealer
 from fedcore.tokens import hash_token, new_token
 
 DEFAULT_SCOPE: dict[str, Any] = {
@@ -110,3 +113,25 @@ async def create_enrollment_token(
     finally:
         await engine.dispose()
     return token
+
+
+def connection_material(
+    sealer: Sealer,
+    endpoint: str = "https://peer.example:8443",
+    connection_id: uuid.UUID | None = None,
+) -> ConnectionMaterial:
+    """An outbound connection's material: a real client certificate from a fresh CA, its key
+    sealed under ``sealer``."""
+    hierarchy = pki.generate_ca_hierarchy("peer")
+    key, cert = pki.issue_server_certificate(
+        hierarchy.intermediate_key, hierarchy.intermediate_cert, ["client"]
+    )
+    return ConnectionMaterial(
+        id=connection_id or uuid.uuid4(),
+        name="peer",
+        endpoint_url=endpoint,
+        cert_pem=pki.cert_pem(cert),
+        cert_chain_pem=pki.cert_pem(cert) + hierarchy.chain_pem,
+        ca_bundle_pem=hierarchy.bundle_pem,
+        sealed_private_key=sealer.seal(pki.private_key_pem(key), purpose=PURPOSE_CONNECTION_KEY),
+    )

@@ -126,11 +126,16 @@ def redirect_connection(b: Gateway, name: str, endpoint_url: str) -> None:
     assert len(rows) == 1
 
 
-def retire_connection(b: Gateway, name: str) -> dict[str, Any]:
-    """Take a connection out of `source=all` for good: `mosaic federation connection retire`."""
-    [(connection_id,)] = fetch_all(
-        b.database_url, "SELECT id FROM federation_connections WHERE name = %s", (name,)
+def retire_connection(b: Gateway, name: str) -> dict[str, Any] | None:
+    """Take a connection out of `source=all` for good: `mosaic federation connection retire`.
+    Also a clean-up step: a connection that is not active (already retired) is left alone."""
+    [(connection_id, state)] = fetch_all(
+        b.database_url,
+        "SELECT id, state::text FROM federation_connections WHERE name = %s",
+        (name,),
     )
+    if state != "active":
+        return None
     retired: dict[str, Any] = mosaic_json(
         "federation", "connection", "retire", str(connection_id), gateway=b
     )

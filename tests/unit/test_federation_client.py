@@ -5,6 +5,7 @@ tests/e2e/test_fanout.py."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 import tempfile
@@ -15,7 +16,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fedcore import pki
 from fedcore.federation_client import (
     ConnectionMaterial,
     ConnectionUnusable,
@@ -28,26 +28,15 @@ from fedcore.federation_client import (
     _is_retryable,
     build_ssl_context,
 )
-from fedcore.sealing import PURPOSE_CONNECTION_KEY, Sealer
+from fedcore.sealing import Sealer
+from tests.support.factories import connection_material
 from tests.support.secrets import random_secret
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
 
 def _material(sealer: Sealer, endpoint: str = "https://peer.example:8443") -> ConnectionMaterial:
-    hierarchy = pki.generate_ca_hierarchy("peer")
-    key, cert = pki.issue_server_certificate(
-        hierarchy.intermediate_key, hierarchy.intermediate_cert, ["client"]
-    )
-    return ConnectionMaterial(
-        id=uuid.uuid4(),
-        name="peer",
-        endpoint_url=endpoint,
-        cert_pem=pki.cert_pem(cert),
-        cert_chain_pem=pki.cert_pem(cert) + hierarchy.chain_pem,
-        ca_bundle_pem=hierarchy.bundle_pem,
-        sealed_private_key=sealer.seal(pki.private_key_pem(key), purpose=PURPOSE_CONNECTION_KEY),
-    )
+    return connection_material(sealer, endpoint)
 
 
 @pytest.fixture
@@ -121,15 +110,25 @@ async def test_the_pool_reuses_a_client_until_the_material_changes(sealer: Seale
         await pool.aclose()
 
 
-async def test_the_pool_drops_one_connections_client(sealer: Sealer) -> None:
+async def test_the_pool_drops_one_connections_client(
+    sealer: Sealer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pool = FederationClientPool(sealer, retire_after=0)
     retired, kept = _material(sealer), _material(sealer)
     try:
         first = pool.client_for(retired)
         other = pool.client_for(kept)
+        closed = asyncio.Event()
+
+        async def record_close() -> None:
+            closed.set()
+
+        monkeypatch.setattr(first, "aclose", record_close)
         pool.drop(retired.id)
         pool.drop(uuid.uuid4())  # not cached: nothing to do
         assert len(pool) == 1
+        async with asyncio.timeout(5):
+            await closed.wait()  # closed after the grace period (0 here)
         assert pool.client_for(kept) is other
         assert pool.client_for(retired) is not first  # a new one, built from the row again
     finally:

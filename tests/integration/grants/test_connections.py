@@ -5,8 +5,10 @@ carries both federation OIDs and chains to the given (optionally pinned) CA bund
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -19,6 +21,7 @@ from ca_broker.profile import build_federation_certificate, peer_uri
 from fedcore import pki
 from fedcore.csr import validate_csr
 from fedcore.federation_oids import GRANT_ID_OID, encode_uuid_utf8string
+from grants import renewal
 from grants.service import CONNECTION_KEY_PURPOSE
 from tests.integration.grants.harness import Harness, assert_error
 
@@ -342,6 +345,52 @@ async def test_an_active_connection_is_retired_for_good(
     assert [(r["outcome"], r["reason_code"]) for r in refused] == [("denied", "invalid_transition")]
 
 
+class _HeldRenewal:
+    """Stands in for the peer's renew verb (grants.renewal calls it over mTLS): signs the CSR
+    with the remote CA like the peer would, but only once ``release`` is set."""
+
+    def __init__(self, ca: pki.CaHierarchy, grant_id: uuid.UUID, user_id: uuid.UUID) -> None:
+        self.ca, self.grant_id, self.user_id = ca, grant_id, user_id
+        self.entered, self.release = asyncio.Event(), asyncio.Event()
+
+    def create(self, *_: Any, **__: Any) -> _HeldRenewal:
+        return self
+
+    async def __aenter__(self) -> _HeldRenewal:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        return None
+
+    async def renew(self, csr_pem: str) -> SimpleNamespace:
+        self.entered.set()
+        await self.release.wait()
+        public_key = validate_csr(csr_pem).public_key
+        assert isinstance(public_key, ec.EllipticCurvePublicKey)
+        cert = _issue(self.ca, public_key, grant_id=self.grant_id, subject_user_id=self.user_id)
+        body = _body(self.ca, cert)
+        return SimpleNamespace(cert_pem=body["cert_pem"], cert_chain_pem=body["cert_chain_pem"])
+
+
+async def test_a_renewal_in_flight_when_the_connection_is_retired_stores_nothing(
+    harness: Harness, remote_ca: pki.CaHierarchy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keypair, grant_id, user_id = await _active(harness, remote_ca, "renewing")
+    connection_id = keypair["connection_id"]
+    held = _HeldRenewal(remote_ca, grant_id, user_id)
+    monkeypatch.setattr(renewal, "FederationClient", held)
+    renewing = asyncio.create_task(harness.call("POST", f"{CONNECTIONS}/{connection_id}/renew"))
+    async with asyncio.timeout(10):
+        await held.entered.wait()  # the renewal read the active row and is at the peer
+    retired = await harness.ok("POST", f"{CONNECTIONS}/{connection_id}/retire")
+    assert retired["state"] == "revoked"
+    held.release.set()
+    assert_error(await renewing, 409, "connection_changed")
+    row = harness.db.snapshot("federation_connections", connection_id)
+    assert (row["state"], bytes(row["sealed_private_key"])) == ("revoked", b"")
+    assert row["cert_serial"] == retired["cert_serial"]  # the renewed certificate was not stored
+
+
 async def test_retire_refusals(harness: Harness) -> None:
     pending = await _keypair(harness, "pending")
     before = harness.db.snapshot("federation_connections", pending["connection_id"])
@@ -351,10 +400,16 @@ async def test_retire_refusals(harness: Harness) -> None:
         "invalid_transition",
     )
     assert harness.db.snapshot("federation_connections", pending["connection_id"]) == before
+    unknown = uuid.uuid4()
     assert_error(
-        await harness.call("POST", f"{CONNECTIONS}/{uuid.uuid4()}/retire"),
-        404,
-        "connection_not_found",
+        await harness.call("POST", f"{CONNECTIONS}/{unknown}/retire"), 404, "connection_not_found"
+    )
+    refused = [r for r in harness.db.audit() if r["action"] == "connection.retire"]
+    assert sorted((r["target_id"], r["outcome"], r["reason_code"]) for r in refused) == sorted(
+        [
+            (pending["connection_id"], "denied", "invalid_transition"),
+            (str(unknown), "denied", "connection_not_found"),
+        ]
     )
 
 
@@ -365,14 +420,20 @@ async def test_a_user_token_cannot_retire_a_connection(
     before = harness.db.snapshot("federation_connections", keypair["connection_id"])
     user = await harness.user()
     token, _ = harness.db.insert_token("user", uuid.UUID(user["id"]))
-    assert_error(
-        await harness.call(
-            "POST", f"{CONNECTIONS}/{keypair['connection_id']}/retire", headers=harness.auth(token)
-        ),
-        403,
-        "admin_role_required",
-    )
+    for method, path in (
+        ("POST", f"{CONNECTIONS}/{keypair['connection_id']}/retire"),
+        ("DELETE", f"{CONNECTIONS}/{keypair['connection_id']}"),
+    ):
+        assert_error(
+            await harness.call(method, path, headers=harness.auth(token)),
+            403,
+            "admin_role_required",
+        )
     assert harness.db.snapshot("federation_connections", keypair["connection_id"]) == before
+    denied = [r for r in harness.db.audit() if r["outcome"] == "denied"]
+    assert [(r["action"], r["reason_code"]) for r in denied] == [
+        ("admin.authenticate", "admin_role_required")
+    ] * 2
 
 
 async def test_only_a_pending_or_retired_connection_can_be_deleted(

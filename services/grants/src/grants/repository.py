@@ -466,11 +466,13 @@ class ConnectionRepository:
         return None if row_id is None else await self.get(row_id)
 
     async def get(
-        self, connection_id: uuid.UUID, *, for_update: bool = False
+        self, connection_id: uuid.UUID, *, for_update: bool = False, key_share: bool = False
     ) -> FederationConnection | None:
+        """``key_share``: ``FOR NO KEY UPDATE`` (the row changes, its id stays), which does not
+        block the verbs' circuit rows referencing it."""
         statement = select(FederationConnection).where(FederationConnection.id == connection_id)
         if for_update:
-            statement = statement.with_for_update()
+            statement = statement.with_for_update(key_share=key_share)
         return (
             await self.session.execute(statement.execution_options(populate_existing=True))
         ).scalar_one_or_none()

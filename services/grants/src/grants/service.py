@@ -814,8 +814,9 @@ class ConnectionService:
             ctx, "connection.retire", "connection", target_id=str(connection_id)
         ) as audit:
             repo = ConnectionRepository(ctx.session)
-            # Locked: a renewal storing a new key waits, then finds the connection revoked.
-            connection = await repo.get(connection_id, for_update=True)
+            # Locked: a renewal's update waits for this transaction and then matches no row;
+            # one that updated first holds the lock until it commits, and its key is wiped.
+            connection = await repo.get(connection_id, for_update=True, key_share=True)
             if connection is None:
                 raise NotFound("no such connection", code="connection_not_found")
             audit.note(

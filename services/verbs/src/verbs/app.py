@@ -16,6 +16,7 @@ from fedcore.runner import worker_app
 from verbs.auth import InboundAuthenticator
 from verbs.binding_cache import BindingCache
 from verbs.circuit import CircuitBreakers, CircuitPolicy
+from verbs.client_sweep import ClientSweeper
 from verbs.fanout import FanOut
 from verbs.local_routes import local_router
 from verbs.local_service import LocalQueryService
@@ -69,6 +70,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ),
             max_response_bytes=settings.peer_max_response_bytes,
         )
+        sweeper = ClientSweeper(pool, hot_pool, settings.client_sweep_seconds)
+        sweeper.start()
         breakers = CircuitBreakers(
             hot_pool,
             CircuitPolicy(
@@ -95,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.renewer = Renewer(broker, settings.max_live_certificates_per_grant)
 
         async def cleanup() -> None:
+            await sweeper.stop()
             if bindings is not None:
                 await bindings.stop()
             await pool.aclose()

@@ -57,6 +57,12 @@ class Settings(ServiceSettings):
     circuit_failure_threshold: int = Field(
         default=3, ge=1, le=1000, description="consecutive failures that open a circuit"
     )
+    client_sweep_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="a retired connection's cached client (and key) leaves every worker within",
+    )
     circuit_cooldown_seconds: float = Field(
         default=30.0, gt=0, le=3600, description="an open circuit lets one probe through after"
     )
