@@ -31,6 +31,8 @@ import yaml
 from pydantic import BaseModel, SecretStr
 from pydantic_settings import BaseSettings
 
+from fedcore.settings import ServiceSettings
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 STEPCA_OVERRIDE = REPO_ROOT / "deploy" / "compose" / "stepca.yml"
@@ -588,8 +590,10 @@ def test_each_service_gets_every_required_setting_of_its_settings_class(
                 monkeypatch.delenv(key)
         for key, value in env.items():
             monkeypatch.setenv(key, value)
-        settings = cls()
+        settings = cls()  # also refuses a missing secret the service uses
         assert getattr(settings, "bind_host", None) == "0.0.0.0", f"{name} must bind 0.0.0.0"
+        unused = settings.unused_secrets() if isinstance(settings, ServiceSettings) else []
+        assert not unused, f"{variant}: {name} is given secrets it does not use: {unused}"
     assert set(app_modules()) <= set(run_by), f"{variant}: services never run: {run_by}"
 
 

@@ -124,3 +124,28 @@ async def test_openapi_is_published(service: str, migrated_db_url: str) -> None:
         response = await client.get("/openapi.json")
     assert response.status_code == 200
     assert "/readyz" in response.json()["paths"]
+
+
+@pytest.mark.parametrize("service", ["enrollment", "grants", "ca_broker"])
+async def test_a_secret_the_service_does_not_use_is_named_in_a_warning_at_start(
+    service: str, migrated_db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # _settings_kwargs gives all three shared secrets; these services use fewer.
+    app = APP_FACTORIES[service](migrated_db_url)
+    async with running(app) as client:
+        assert (await client.get("/healthz")).status_code == 200
+    [warning] = [r for r in caplog.records if r.name == "fedcore.appkit"]
+    assert warning.levelname == "WARNING"
+    unused: list[str] = warning.unused  # type: ignore[attr-defined]
+    assert "secrets.proxy_secret" in unused
+    given = app.state.settings.secrets
+    for name in ("gateway_secret", "proxy_secret", "service_token"):
+        assert given.value(name) not in caplog.text  # names only, never a value
+
+
+async def test_the_verbs_use_every_shared_secret_and_warn_of_none(
+    migrated_db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running(APP_FACTORIES["verbs"](migrated_db_url)) as client:
+        assert (await client.get("/healthz")).status_code == 200
+    assert not [r for r in caplog.records if r.name == "fedcore.appkit"]

@@ -48,16 +48,24 @@ def test_placeholder_secret_stops_the_service_with_one_line(service: str) -> Non
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("service", ["grants", "verbs"])
-def test_missing_secret_stops_the_service_with_one_line(service: str) -> None:
+@pytest.mark.parametrize(
+    ("service", "secret"),
+    [
+        ("enrollment", "service_token"),
+        ("grants", "gateway_secret"),
+        ("verbs", "proxy_secret"),
+        ("ca_broker", "service_token"),
+    ],
+)
+def test_missing_secret_stops_the_service_with_one_line(service: str, secret: str) -> None:
     prefix = SERVICES[service]
     env = secrets_env(prefix)
-    del env[f"{prefix}SECRETS__PROXY_SECRET"]
+    del env[f"{prefix}SECRETS__{secret.upper()}"]
     env[f"{prefix}DB__URL"] = "postgresql+psycopg://u:p@127.0.0.1:9/x"
     result = _run(service, env)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
-    assert "secrets.proxy_secret" in result.stderr
+    assert f"secrets.{secret}" in result.stderr
 
 
 @pytest.mark.parametrize("service", list(SERVICES))

@@ -33,6 +33,14 @@ ENV_PREFIX = {
     "grants": "FED_GRANTS_",
     "verbs": "FED_VERBS_",
 }
+# The shared secrets each service is given: exactly its Settings.needs_secrets (a test keeps
+# the two equal; docs/security.md). The broker's CA-key secret is passed to it alone, below.
+SERVICE_SECRETS = {
+    "ca_broker": ("service_token",),
+    "enrollment": ("service_token",),
+    "grants": ("gateway_secret", "service_token"),
+    "verbs": ("gateway_secret", "proxy_secret", "service_token"),
+}
 
 
 @dataclass(frozen=True)
@@ -148,12 +156,11 @@ def service_environment(spec: GatewaySpec, secret: dict[str, str], service: str)
             f"{prefix}BIND_PORT": str(spec.ports.service(service)),
             f"{prefix}GATEWAY_NAME": spec.name,
             f"{prefix}DB__URL": db_url,
-            f"{prefix}SECRETS__GATEWAY_SECRET": secret["gateway_secret"],
-            f"{prefix}SECRETS__PROXY_SECRET": secret["proxy_secret"],
-            f"{prefix}SECRETS__SERVICE_TOKEN": secret["service_token"],
             "PYTHONUNBUFFERED": "1",
         }
     )
+    for name in SERVICE_SECRETS[service]:
+        env[f"{prefix}SECRETS__{name.upper()}"] = secret[name]
     broker_url = f"http://{spec.host}:{spec.ports.ca_broker}"
     if service == "ca_broker":
         env[f"{prefix}CA_KEY_SECRET"] = secret["ca_key_secret"]  # the broker's alone

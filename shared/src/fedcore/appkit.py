@@ -6,6 +6,7 @@ Nothing is created at import time; ``create_service_app`` wires state inside the
 from __future__ import annotations
 
 import gc
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,6 +18,8 @@ from fedcore.db import create_engine, create_sessionmaker
 from fedcore.errors import install_error_handlers
 from fedcore.request_id import RequestIdMiddleware
 from fedcore.settings import ServiceSettings
+
+log = logging.getLogger("fedcore.appkit")
 
 ExtraLifespan = Callable[[FastAPI], Awaitable[Callable[[], Awaitable[None]] | None]]
 
@@ -33,6 +36,9 @@ def create_service_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        unused = settings.unused_secrets()
+        if unused:  # names only: least privilege is the deployment's to fix (docs/security.md)
+            log.warning("secrets given that this service does not use", extra={"unused": unused})
         engine = create_engine(settings.db)
         app.state.settings = settings
         app.state.engine = engine

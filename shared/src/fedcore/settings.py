@@ -6,13 +6,19 @@ and secrets sub-models are defined once here and read with ``__`` as the nested 
 
 Secrets that look like placeholders are refused at start: a gateway that boots with
 ``changeme`` as its sealing key would seal every private key with a public value.
+
+Each service is given only the shared secrets it uses (``ServiceSettings.needs_secrets``; the
+launcher and the compose files follow it, docs/security.md): the public enrollment service, say,
+holds neither the proxy secret (with which a process could pose as nginx and present a stolen,
+public certificate to the verbs) nor the gateway secret (which unseals every connection key).
+A service refuses to start without a secret it needs.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar, Literal, Self
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
@@ -76,12 +82,27 @@ class PostgresSettings(BaseModel):
         return value
 
 
-class SecretsSettings(BaseModel):
-    """Secrets every service may need. Each is validated against placeholders."""
+SecretName = Literal["gateway_secret", "proxy_secret", "service_token"]
+SECRET_NAMES: tuple[SecretName, ...] = ("gateway_secret", "proxy_secret", "service_token")
 
-    gateway_secret: SecretStr = Field(description="Root secret; sealing keys are derived from it")
-    proxy_secret: SecretStr = Field(description="Header value nginx adds so services trust it")
-    service_token: SecretStr = Field(description="Bearer token services present to the ca-broker")
+
+class MissingSecret(RuntimeError):
+    """A secret the service did not declare in ``needs_secrets`` was asked for (a bug)."""
+
+
+class SecretsSettings(BaseModel):
+    """The shared secrets; a service is given those it uses. Each given one is validated
+    against placeholders."""
+
+    gateway_secret: SecretStr | None = Field(
+        default=None, description="Root secret; sealing keys are derived from it"
+    )
+    proxy_secret: SecretStr | None = Field(
+        default=None, description="Header value nginx adds so the verbs trust what it forwards"
+    )
+    service_token: SecretStr | None = Field(
+        default=None, description="Bearer token services present to the ca-broker"
+    )
     previous_gateway_secrets: list[SecretStr] = Field(
         default_factory=list,
         description="Older gateway secrets, kept only so blobs sealed with them can be re-sealed",
@@ -89,15 +110,30 @@ class SecretsSettings(BaseModel):
 
     @field_validator("gateway_secret", "proxy_secret", "service_token")
     @classmethod
-    def _no_placeholders(cls, value: SecretStr, info: object) -> SecretStr:
+    def _no_placeholders(cls, value: SecretStr | None, info: object) -> SecretStr | None:
+        if value is None:
+            return None
         name = getattr(info, "field_name", "secret")
         return refuse_placeholder_secret(value, str(name))
+
+    def given(self) -> set[SecretName]:
+        names = {name for name in SECRET_NAMES if getattr(self, name) is not None}
+        if self.previous_gateway_secrets:
+            names.add("gateway_secret")
+        return names
+
+    def value(self, name: SecretName) -> str:
+        """A secret the service declared it needs (present: checked at start)."""
+        secret: SecretStr | None = getattr(self, name)
+        if secret is None:
+            raise MissingSecret(f"secrets.{name} is not configured for this service")
+        return secret.get_secret_value()
 
     def sealer(self) -> Sealer:
         from fedcore.sealing import Sealer  # sealing imports this module's length rule
 
         return Sealer(
-            self.gateway_secret.get_secret_value(),
+            self.value("gateway_secret"),
             [old.get_secret_value() for old in self.previous_gateway_secrets],
         )
 
@@ -112,4 +148,20 @@ class ServiceSettings(BaseSettings):
     gateway_name: str = Field(default="gateway", min_length=1, max_length=63)
     log_level: str = Field(default="INFO")
     db: PostgresSettings
-    secrets: SecretsSettings
+    secrets: SecretsSettings = Field(default_factory=SecretsSettings)
+
+    #: The shared secrets this service uses: it refuses to start without one of them, and
+    #: reports (``unused_secrets``) any other it was given, which its deployment should not pass.
+    needs_secrets: ClassVar[frozenset[SecretName]] = frozenset()
+
+    @model_validator(mode="after")
+    def _needed_secrets_present(self) -> Self:
+        missing = sorted(self.needs_secrets - {n for n in SECRET_NAMES if getattr(self.secrets, n)})
+        if missing:
+            raise ValueError(
+                "missing " + ", ".join(f"secrets.{name}" for name in missing) + " (required)"
+            )
+        return self
+
+    def unused_secrets(self) -> list[str]:
+        return sorted(f"secrets.{name}" for name in self.secrets.given() - self.needs_secrets)

@@ -26,7 +26,7 @@ class Broker:
 
     @property
     def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.settings.secrets.service_token.get_secret_value()}"}
+        return {"Authorization": f"Bearer {self.settings.secrets.value('service_token')}"}
 
     @property
     def pki_dir(self) -> Path:

@@ -121,9 +121,7 @@ def new_service_secrets() -> dict[str, str]:
 @asynccontextmanager
 async def broker(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     async with running(ca_broker.app.create_app(settings)) as client:
-        client.headers["Authorization"] = (
-            f"Bearer {settings.secrets.service_token.get_secret_value()}"
-        )
+        client.headers["Authorization"] = f"Bearer {settings.secrets.value('service_token')}"
         yield client
 
 

@@ -14,7 +14,7 @@ from fedcore.errors import Unauthorized
 
 
 def require_service_token(request: Request) -> None:
-    expected = request.app.state.settings.secrets.service_token.get_secret_value().encode()
+    expected = request.app.state.settings.secrets.value("service_token").encode()
     header = request.headers.get("authorization", "")
     scheme, _, presented = header.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(presented.encode(), expected):

@@ -17,6 +17,8 @@ class Settings(ServiceSettings):
     model_config = SettingsConfigDict(
         env_prefix="FED_CA_BROKER_", env_nested_delimiter="__", extra="ignore"
     )
+    # The broker checks the service token; its CA keys have a sealing secret of their own.
+    needs_secrets = frozenset({"service_token"})
 
     bind_port: int = Field(default=9101, ge=1, le=65535)
     backend: Literal["local", "stepca"] = "local"

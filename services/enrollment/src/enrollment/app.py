@@ -19,7 +19,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def on_startup(app: FastAPI) -> Callable[[], Awaitable[None]]:
         broker = CaBrokerClient(
             settings.ca_broker_url,
-            settings.secrets.service_token.get_secret_value(),
+            settings.secrets.value("service_token"),
             timeout=settings.ca_timeout_seconds,
         )
         app.state.enrollment_service = EnrollmentService(

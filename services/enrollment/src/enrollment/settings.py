@@ -12,6 +12,8 @@ class Settings(ServiceSettings):
     model_config = SettingsConfigDict(
         env_prefix="FED_ENROLLMENT_", env_nested_delimiter="__", extra="ignore"
     )
+    # Public and unauthenticated: it only asks the broker to sign (the service token).
+    needs_secrets = frozenset({"service_token"})
 
     bind_port: int = Field(default=9102, ge=1, le=65535)
     ca_broker_url: str = Field(default="http://127.0.0.1:9101")

@@ -29,7 +29,7 @@ def create_app(
     async def on_startup(app: FastAPI) -> Callable[[], Awaitable[None]]:
         broker = CaBrokerClient(
             settings.ca_broker_url,
-            settings.secrets.service_token.get_secret_value(),
+            settings.secrets.value("service_token"),
             timeout=settings.ca_broker_timeout_seconds,
             transport=broker_transport,
         )

@@ -15,6 +15,8 @@ class Settings(ServiceSettings):
     model_config = SettingsConfigDict(
         env_prefix="FED_GRANTS_", env_nested_delimiter="__", extra="ignore"
     )
+    # Seals connection keys (gateway secret); asks the broker to revoke (service token).
+    needs_secrets = frozenset({"gateway_secret", "service_token"})
 
     bind_port: int = Field(default=9103, ge=1, le=65535)
     public_url: str = Field(default="https://127.0.0.1:8443", description="nginx public listener")

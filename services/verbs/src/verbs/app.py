@@ -47,7 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
             bindings.start()
         authenticator = InboundAuthenticator(
-            verifier, settings.secrets.proxy_secret.get_secret_value(), bindings
+            verifier, settings.secrets.value("proxy_secret"), bindings
         )
         # The inbound verbs' own pool of autocommit connections (verbs.reads); opened here,
         # connections are made in the background so a slow database does not block start.
@@ -92,7 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         broker = CaBrokerClient(
             settings.ca_broker_url,
-            settings.secrets.service_token.get_secret_value(),
+            settings.secrets.value("service_token"),
             timeout=settings.ca_broker_timeout_seconds,
         )
         app.state.renewer = Renewer(broker, settings.max_live_certificates_per_grant)

@@ -15,6 +15,9 @@ class Settings(ServiceSettings):
     model_config = SettingsConfigDict(
         env_prefix="FED_VERBS_", env_nested_delimiter="__", extra="ignore"
     )
+    # Checks nginx's proxy secret, unseals connection keys for the fan-out (gateway secret),
+    # asks the broker to sign renewals (service token).
+    needs_secrets = frozenset({"gateway_secret", "proxy_secret", "service_token"})
 
     bind_port: int = Field(default=9104, ge=1, le=65535)
     # The verbs are the hot path and CPU-bound in Python: one worker process per core this

@@ -1,0 +1,81 @@
+"""Each service gets only the shared secrets it uses (docs/security.md, "Secrets per service"):
+its settings refuse to start without them and name any other it was given; the native launcher
+passes exactly those (the compose files are checked in tests/integration/test_compose_config.py).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from devstack import stack
+from fedcore.settings import SECRET_NAMES, ServiceSettings
+from tests.support.secrets import random_secret
+
+DB_URL = "postgresql+psycopg://u:p@127.0.0.1:9/x"
+NEEDS = {
+    "enrollment": {"service_token"},
+    "grants": {"gateway_secret", "service_token"},
+    "verbs": {"gateway_secret", "proxy_secret", "service_token"},
+    "ca_broker": {"service_token"},
+}
+
+
+def settings_class(service: str) -> type[ServiceSettings]:
+    cls: type[ServiceSettings] = importlib.import_module(f"{service}.settings").Settings
+    return cls
+
+
+def build(service: str, secrets: set[str]) -> ServiceSettings:
+    extra = {  # each service's other required settings
+        "ca_broker": {"ca_key_secret": random_secret()},
+        "verbs": {"ca_bundle_path": "/nonexistent/client-ca.pem"},
+    }.get(service, {})
+    return settings_class(service).model_validate(
+        {
+            "db": {"url": DB_URL},
+            "secrets": {name: random_secret() for name in secrets},
+            **extra,
+        }
+    )
+
+
+@pytest.mark.parametrize("service", sorted(NEEDS))
+def test_each_service_declares_what_it_uses_and_the_launcher_passes_exactly_that(
+    service: str, tmp_path: Path
+) -> None:
+    assert settings_class(service).needs_secrets == NEEDS[service]
+    assert set(stack.SERVICE_SECRETS[service]) == NEEDS[service]
+    [spec] = stack.gateway_specs(1, tmp_path)
+    secret = {name: random_secret() for name in (*SECRET_NAMES, "db_password", "ca_key_secret")}
+    env = stack.service_environment(spec, secret, service)
+    prefix = stack.ENV_PREFIX[service]
+    given = {k.removeprefix(f"{prefix}SECRETS__").lower() for k in env if "SECRETS__" in k}
+    assert given == NEEDS[service]
+    assert not {secret[name] for name in set(SECRET_NAMES) - NEEDS[service]} & set(env.values())
+
+
+@pytest.mark.parametrize("service", sorted(NEEDS))
+def test_a_service_refuses_to_start_without_a_secret_it_uses(service: str) -> None:
+    assert build(service, NEEDS[service]).unused_secrets() == []
+    for missing in NEEDS[service]:
+        with pytest.raises(ValidationError) as refused:
+            build(service, NEEDS[service] - {missing})
+        assert f"missing secrets.{missing} (required)" in str(refused.value)
+
+
+@pytest.mark.parametrize("service", sorted(NEEDS))
+def test_a_secret_a_service_does_not_use_is_named_as_unused(service: str) -> None:
+    settings = build(service, set(SECRET_NAMES))
+    assert settings.unused_secrets() == sorted(
+        f"secrets.{name}" for name in set(SECRET_NAMES) - NEEDS[service]
+    )
+
+
+def test_asking_for_an_undeclared_secret_is_a_bug_not_an_empty_value() -> None:
+    settings = build("enrollment", {"service_token"})
+    with pytest.raises(RuntimeError, match=r"secrets\.proxy_secret is not configured"):
+        settings.secrets.value("proxy_secret")
