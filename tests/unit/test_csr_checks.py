@@ -519,12 +519,30 @@ def test_single_character_edits_never_yield_another_key(data: st.DataObject) -> 
 @settings(max_examples=500, deadline=None)
 @given(st.data())
 def test_any_single_der_byte_edit_is_refused(data: st.DataObject) -> None:
-    # Exhaustively true for this CSR shape (checked offline over all 255 x len(DER) edits).
     der = bytearray(_pem_to_der(GOOD))
     index = data.draw(st.integers(min_value=0, max_value=len(der) - 1), label="index")
     der[index] ^= data.draw(st.integers(min_value=1, max_value=255), label="xor")
     error = _refused_any(_der_to_pem(bytes(der)))
     assert error.message in {MSG_PARSE, MSG_SIGNATURE}
+
+
+def test_a_signature_bit_string_with_unused_bits_is_refused() -> None:
+    # ECDSA signatures are random: sign until the last signature byte ends in zero bits, so
+    # the parser would take the same bytes with an "unused bits" count (found by the test above).
+    for _ in range(64):
+        pem = _csr_pem()
+        request = x509.load_pem_x509_csr(pem.encode("ascii"))
+        if request.signature[-1] & 0x03 == 0:
+            break
+    else:
+        pytest.fail("no signature ending in two zero bits in 64 tries")
+    der = bytearray(_pem_to_der(pem))
+    unused_bits_at = len(der) - len(request.signature) - 1
+    assert der[unused_bits_at] == 0
+    validate_csr(pem)  # the canonical form passes
+    for unused in (1, 2):
+        der[unused_bits_at] = unused
+        assert _refused_any(_der_to_pem(bytes(der))).message == MSG_PARSE
 
 
 def _refused_any(pem: str) -> InvalidCsr:

@@ -179,6 +179,13 @@ def _check_subject(csr: x509.CertificateSigningRequest) -> str:
     return _check_common_name(value)
 
 
+def _der_length(length: int) -> bytes:
+    if length < 0x80:
+        return bytes([length])
+    raw = length.to_bytes((length.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(raw)]) + raw
+
+
 def validate_csr(csr_pem: str) -> ValidatedCsr:
     """Check a PEM CSR against every rule; raise :class:`InvalidCsr` naming the first failure.
 
@@ -204,6 +211,11 @@ def validate_csr(csr_pem: str) -> ValidatedCsr:
     except (ValueError, x509.InvalidVersion):
         # InvalidVersion is not a ValueError: without it a version byte edit escapes as a 500.
         raise InvalidCsr(MSG_PARSE) from None
+    signature = csr.signature
+    if not der.endswith(b"\x03" + _der_length(len(signature) + 1) + b"\x00" + signature):
+        # The signature BIT STRING must say "no unused bits": the parser also accepts a count
+        # of 1-7 when the last byte's low bits are zero, another encoding of the same request.
+        raise InvalidCsr(MSG_PARSE)
     try:
         signature_ok = csr.is_signature_valid
     except (ValueError, UnsupportedAlgorithm):
