@@ -65,7 +65,20 @@ def test_missing_secret_stops_the_service_with_one_line(service: str, secret: st
     result = _run(service, env)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
-    assert f"secrets.{secret}" in result.stderr
+    assert f"invalid configuration: missing secrets.{secret} (required)" in result.stderr
+
+
+def test_an_unparseable_setting_stops_the_service_with_one_line() -> None:
+    prefix = SERVICES["grants"]
+    env = secrets_env(prefix)
+    env[f"{prefix}SECRETS__PREVIOUS_GATEWAY_SECRETS"] = '["not-closed'
+    env[f"{prefix}DB__URL"] = "postgresql+psycopg://u:p@127.0.0.1:9/x"
+    result = _run("grants", env)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "secrets" in result.stderr
+    assert "not-closed" not in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("service", list(SERVICES))

@@ -12,10 +12,11 @@ import pytest
 from pydantic import ValidationError
 
 from devstack import stack
-from fedcore.settings import SECRET_NAMES, ServiceSettings
+from fedcore.settings import SECRET_NAMES, SecretsSettings, ServiceSettings
 from tests.support.secrets import random_secret
 
 DB_URL = "postgresql+psycopg://u:p@127.0.0.1:9/x"
+REPO_ROOT = Path(__file__).resolve().parents[2]
 NEEDS = {
     "enrollment": {"service_token"},
     "grants": {"gateway_secret", "service_token"},
@@ -58,6 +59,28 @@ def test_each_service_declares_what_it_uses_and_the_launcher_passes_exactly_that
     assert not {secret[name] for name in set(SECRET_NAMES) - NEEDS[service]} & set(env.values())
 
 
+def test_every_service_is_in_the_matrix() -> None:
+    services = {p.parent.name for p in REPO_ROOT.glob("services/*/src/*/settings.py")}
+    assert services == set(NEEDS) == set(stack.SERVICE_SECRETS) == set(stack.ENV_PREFIX)
+
+
+def test_the_launchers_own_secrets_do_not_leak_into_a_service(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exported = {
+        "MOSAIC_GATEWAY_SECRET": random_secret(),
+        "MOSAIC_ADMIN_TOKEN": random_secret(),
+        "FED_ENROLLMENT_SECRETS__PROXY_SECRET": random_secret(),
+    }
+    for key, value in exported.items():
+        monkeypatch.setenv(key, value)
+    [spec] = stack.gateway_specs(1, tmp_path)
+    secret = {name: random_secret() for name in (*SECRET_NAMES, "db_password", "ca_key_secret")}
+    env = stack.service_environment(spec, secret, "enrollment")
+    assert not set(exported) & set(env)
+    assert not set(exported.values()) & set(env.values())
+
+
 @pytest.mark.parametrize("service", sorted(NEEDS))
 def test_a_service_refuses_to_start_without_a_secret_it_uses(service: str) -> None:
     assert build(service, NEEDS[service]).unused_secrets() == []
@@ -79,3 +102,46 @@ def test_asking_for_an_undeclared_secret_is_a_bug_not_an_empty_value() -> None:
     settings = build("enrollment", {"service_token"})
     with pytest.raises(RuntimeError, match=r"secrets\.proxy_secret is not configured"):
         settings.secrets.value("proxy_secret")
+
+
+def test_previous_gateway_secrets_are_checked_at_load_where_they_are_used() -> None:
+    with pytest.raises(ValidationError) as placeholder:
+        SecretsSettings(previous_gateway_secrets=["changeme-" + random_secret()])
+    assert "previous_gateway_secrets[0]" in str(placeholder.value)
+    assert "changeme-" not in str(placeholder.value)
+    current = random_secret()
+    with pytest.raises(ValidationError) as short:
+        build_with(
+            "grants",
+            {"gateway_secret": current, "service_token": random_secret()},
+            previous=["x" * 20],
+        )
+    assert "changeme" not in str(short.value)
+    assert "x" * 20 not in str(short.value)
+    # Given to a service that does not use them: named as unused under their own name.
+    settings = build_with("enrollment", {"service_token": random_secret()}, previous=[current])
+    assert settings.unused_secrets() == ["secrets.previous_gateway_secrets"]
+
+
+def test_a_refusal_never_quotes_the_input() -> None:
+    secret = random_secret()
+    with pytest.raises(ValidationError) as refused:
+        build_with("verbs", {"gateway_secret": secret, "service_token": secret})
+    assert "missing secrets.proxy_secret (required)" in str(refused.value)
+    assert secret[-12:] not in str(refused.value)
+    assert "127.0.0.1:9" not in str(refused.value)
+
+
+def build_with(
+    service: str, secrets: dict[str, str], previous: list[str] | None = None
+) -> ServiceSettings:
+    given: dict[str, object] = dict(secrets)
+    if previous is not None:
+        given["previous_gateway_secrets"] = previous
+    extra = {
+        "ca_broker": {"ca_key_secret": random_secret()},
+        "verbs": {"ca_bundle_path": "/nonexistent/client-ca.pem"},
+    }.get(service, {})
+    return settings_class(service).model_validate(
+        {"db": {"url": DB_URL}, "secrets": given, **extra}
+    )

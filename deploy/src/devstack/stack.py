@@ -145,10 +145,13 @@ def _load_or_make_secrets(spec: GatewaySpec) -> dict[str, str]:
 def service_environment(spec: GatewaySpec, secret: dict[str, str], service: str) -> dict[str, str]:
     prefix = ENV_PREFIX[service]
     db_url = spec.postgres.url(secret["db_password"], "mosaic")
+    # The launcher's own environment, minus every setting or secret a service must get only
+    # from here: FED_* (service settings) and MOSAIC_* (the CLI's and the launcher's variables,
+    # e.g. an exported MOSAIC_GATEWAY_SECRET or MOSAIC_ADMIN_TOKEN).
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith("FED_") and key not in {"PYTHONPATH"}
+        if not key.startswith(("FED_", "MOSAIC_")) and key not in {"PYTHONPATH"}
     }
     env.update(
         {

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import uvicorn
 from fastapi import FastAPI
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from tenacity import AsyncRetrying, RetryError, retry_if_result, stop_after_delay, wait_fixed
 
 from fedcore.db import create_engine, database_is_reachable
@@ -30,7 +31,8 @@ def describe_validation_error(service: str, exc: ValidationError) -> str:
     problems = []
     for err in exc.errors():
         location = ".".join(str(part) for part in err.get("loc", ()))
-        problems.append(f"{location}: {err.get('msg', 'invalid')}")
+        message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        problems.append(f"{location}: {message}" if location else message)
     return f"{service}: invalid configuration: " + "; ".join(problems)
 
 
@@ -39,6 +41,11 @@ def load_settings_or_exit(service: str, settings_cls: type[S]) -> S:
         return settings_cls()  # fields come from the environment
     except ValidationError as exc:
         print(describe_validation_error(service, exc), file=sys.stderr)
+        raise SystemExit(EXIT_BAD_CONFIG) from None
+    except SettingsError as exc:
+        # An environment value that is not even parseable (a malformed JSON list): its
+        # message names the field, never the value.
+        print(f"{service}: invalid configuration: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_BAD_CONFIG) from None
 
 

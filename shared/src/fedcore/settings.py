@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar, Literal, Self
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
@@ -94,6 +94,9 @@ class SecretsSettings(BaseModel):
     """The shared secrets; a service is given those it uses. Each given one is validated
     against placeholders."""
 
+    # A validation error must not quote the input: it is secrets.
+    model_config = ConfigDict(hide_input_in_errors=True)
+
     gateway_secret: SecretStr | None = Field(
         default=None, description="Root secret; sealing keys are derived from it"
     )
@@ -116,10 +119,18 @@ class SecretsSettings(BaseModel):
         name = getattr(info, "field_name", "secret")
         return refuse_placeholder_secret(value, str(name))
 
-    def given(self) -> set[SecretName]:
-        names = {name for name in SECRET_NAMES if getattr(self, name) is not None}
+    @field_validator("previous_gateway_secrets")
+    @classmethod
+    def _no_placeholder_in_previous(cls, values: list[SecretStr]) -> list[SecretStr]:
+        for index, value in enumerate(values):
+            refuse_placeholder_secret(value, f"previous_gateway_secrets[{index}]")
+        return values
+
+    def given(self) -> set[str]:
+        """The names of the secrets given (``previous_gateway_secrets`` under its own)."""
+        names: set[str] = {name for name in SECRET_NAMES if getattr(self, name) is not None}
         if self.previous_gateway_secrets:
-            names.add("gateway_secret")
+            names.add("previous_gateway_secrets")
         return names
 
     def value(self, name: SecretName) -> str:
@@ -141,7 +152,9 @@ class SecretsSettings(BaseModel):
 class ServiceSettings(BaseSettings):
     """Base for every service's settings: where it binds, the DB and the secrets."""
 
-    model_config = SettingsConfigDict(env_nested_delimiter="__", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_nested_delimiter="__", extra="ignore", hide_input_in_errors=True
+    )
 
     bind_host: str = Field(default="127.0.0.1")
     bind_port: int = Field(default=8000, ge=1, le=65535)
@@ -156,12 +169,19 @@ class ServiceSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _needed_secrets_present(self) -> Self:
-        missing = sorted(self.needs_secrets - {n for n in SECRET_NAMES if getattr(self.secrets, n)})
+        missing = sorted(self.needs_secrets - self.secrets.given())
         if missing:
             raise ValueError(
                 "missing " + ", ".join(f"secrets.{name}" for name in missing) + " (required)"
             )
+        if "gateway_secret" in self.needs_secrets:
+            # The sealer checks the current and previous secrets together (length, one key id
+            # each): a bad combination stops the service now, not its first sealing.
+            self.secrets.sealer()
         return self
 
     def unused_secrets(self) -> list[str]:
-        return sorted(f"secrets.{name}" for name in self.secrets.given() - self.needs_secrets)
+        allowed: set[str] = set(self.needs_secrets)
+        if "gateway_secret" in allowed:
+            allowed.add("previous_gateway_secrets")
+        return sorted(f"secrets.{name}" for name in self.secrets.given() - allowed)

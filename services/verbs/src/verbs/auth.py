@@ -27,6 +27,7 @@ from fedcore.client_cert import ClientCertInvalid, ForwardedCertVerifier, Verifi
 from fedcore.errors import Forbidden, Unauthorized
 from fedcore.models import GrantStatus, PeerState
 from fedcore.scope import GrantScope
+from fedcore.settings import MIN_SECRET_LENGTH
 from verbs.binding_cache import BindingCache
 from verbs.reads import CertificateBinding, Connection, load_certificate_binding
 
@@ -75,6 +76,9 @@ class InboundAuthenticator:
         proxy_secret: str,
         bindings: BindingCache | None = None,
     ) -> None:
+        if len(proxy_secret) < MIN_SECRET_LENGTH:
+            # An empty secret would match a request that carries no header at all.
+            raise ValueError(f"the proxy secret must be at least {MIN_SECRET_LENGTH} characters")
         self.verifier = verifier
         self._proxy_secret = proxy_secret.encode()
         self.bindings = bindings
