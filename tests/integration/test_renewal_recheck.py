@@ -4,10 +4,12 @@ it): refused with 401 client_cert_revoked, the CA never asked, the peer's record
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import timedelta
 from typing import Any, cast
 
+import psycopg
 import pytest
 from pydantic import SecretStr
 
@@ -46,21 +48,7 @@ async def test_renewal_refuses_a_certificate_revoked_since_authentication(
             "VALUES (gen_random_uuid(), %s, %s, %s, %s, 'peer', 'local', %s, %s, now())",
             (serial, fx.grant_id, fx.peer_id, uuid.uuid4().hex * 2, now, now + timedelta(hours=1)),
         )
-    context = FederationContext(
-        cert=VerifiedClientCert(
-            fingerprint_sha256="00" * 32,
-            serial=serial,
-            not_after=now + timedelta(hours=1),
-            identity=FederationIdentity(grant_id=fx.grant_id, subject_user_id=fx.user_id),
-        ),
-        grant_id=fx.grant_id,
-        subject_user_id=fx.user_id,
-        peer_id=fx.peer_id,
-        peer_name=fx.peer_name,
-        scope=GrantScope.from_json(DEFAULT_SCOPE),
-        expires_at=None,
-        subject_team_ids=frozenset(),
-    )
+    context = _context(fx, serial, now)
     before = fetch_all(
         migrated_db_url, "SELECT cert_serial FROM federation_peers WHERE id = %s", (fx.peer_id,)
     )
@@ -79,3 +67,102 @@ async def test_renewal_refuses_a_certificate_revoked_since_authentication(
         migrated_db_url, "SELECT cert_serial FROM federation_peers WHERE id = %s", (fx.peer_id,)
     )
     assert after == before
+
+
+def _context(fx: Any, serial: str, now: Any) -> FederationContext:
+    return FederationContext(
+        cert=VerifiedClientCert(
+            fingerprint_sha256="00" * 32,
+            serial=serial,
+            not_after=now + timedelta(hours=1),
+            identity=FederationIdentity(grant_id=fx.grant_id, subject_user_id=fx.user_id),
+        ),
+        grant_id=fx.grant_id,
+        subject_user_id=fx.user_id,
+        peer_id=fx.peer_id,
+        peer_name=fx.peer_name,
+        scope=GrantScope.from_json(DEFAULT_SCOPE),
+        expires_at=None,
+        subject_team_ids=frozenset(),
+    )
+
+
+class BrokerReached(Exception):
+    """The renewal got past every check and asked the broker to sign."""
+
+
+class RecordingBroker:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def sign(self, **_: Any) -> Any:
+        self.calls += 1
+        raise BrokerReached
+
+
+def _record_certificate(url: str, fx: Any, serial: str, now: Any) -> None:
+    execute(
+        url,
+        "INSERT INTO federation_certificates (id, serial, grant_id, peer_id, "
+        "fingerprint_sha256, subject_cn, backend, not_before, not_after) "
+        "VALUES (gen_random_uuid(), %s, %s, %s, %s, 'peer', 'local', %s, %s)",
+        (serial, fx.grant_id, fx.peer_id, uuid.uuid4().hex * 2, now, now + timedelta(hours=1)),
+    )
+
+
+async def _wait_until_blocked_on_a_lock(url: str) -> None:
+    """Until some other backend of this database waits for a row lock (the renewal)."""
+    async with asyncio.timeout(10):
+        while True:
+            [(waiting,)] = fetch_all(
+                url,
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
+            )
+            if waiting:
+                return
+            await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("revoked", [True, False], ids=["revoked", "not-revoked"])
+async def test_a_renewal_waits_for_a_revocation_under_way_and_then_sees_it(
+    migrated_db_url: str, revoked: bool
+) -> None:
+    """The race the lock closes: the trust path read the certificate as live, then the broker
+    started revoking it (its row locked FOR UPDATE) before the renewal's re-check. The re-check
+    (FOR SHARE) waits for that transaction and decides on its outcome."""
+    fx = await create_grant_fixture(migrated_db_url, status=GrantStatus.ACTIVE)
+    serial, now = uuid.uuid4().hex, pki.utcnow()
+    _record_certificate(migrated_db_url, fx, serial, now)
+    broker = RecordingBroker()
+    renewer = Renewer(cast(CaBrokerClient, broker), max_live_certificates=3)
+    engine = create_engine(PostgresSettings(url=SecretStr(migrated_db_url)))
+    try:
+        libpq_url = migrated_db_url.replace("postgresql+psycopg://", "postgresql://")
+        async with await psycopg.AsyncConnection.connect(libpq_url) as revoker:
+            await revoker.execute(
+                "SELECT id FROM federation_certificates WHERE serial = %s FOR UPDATE", (serial,)
+            )  # the broker's revocation, under way
+            async with create_sessionmaker(engine)() as session:
+                renewal = asyncio.create_task(
+                    renewer.renew(session, _context(fx, serial, now), RenewRequest(csr_pem="x"))
+                )
+                await _wait_until_blocked_on_a_lock(migrated_db_url)
+                assert not renewal.done()
+                if revoked:
+                    await revoker.execute(
+                        "UPDATE federation_certificates SET revoked_at = now() WHERE serial = %s",
+                        (serial,),
+                    )
+                await revoker.commit()
+                if revoked:
+                    with pytest.raises(ClientCertRevoked):
+                        await renewal
+                    assert broker.calls == 0
+                else:
+                    with pytest.raises(BrokerReached):
+                        await renewal
+                    assert broker.calls == 1
+                await session.rollback()
+    finally:
+        await engine.dispose()
