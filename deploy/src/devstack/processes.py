@@ -127,8 +127,14 @@ def _reap(pid: int) -> None:
     """Collect our own child's exit status so it does not linger as a zombie."""
     child = _CHILDREN.get(pid)
     if child is not None:
-        if child.poll() is not None:
-            del _CHILDREN[pid]
+        # Called once the process is seen gone, which /proc can show a moment before the
+        # kernel has its exit status: wait for it (at once in the usual case) rather than poll,
+        # or the handle outlives it and warns "still running" at interpreter exit.
+        try:
+            child.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            return  # not gone after all: keep the handle
+        del _CHILDREN[pid]
         return
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
