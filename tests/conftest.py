@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+from pydantic import SecretStr
 
+from fedcore.db import create_raw_pool
+from fedcore.settings import PostgresSettings
 from tests.support.postgres import PostgresForTests, start_test_postgres, stop_test_postgres
 from tests.support.stack import Gateway, start_gateways, stop_gateways
 
@@ -27,6 +33,19 @@ def migrated_db_url(test_postgres: PostgresForTests) -> Iterator[str]:
         yield test_postgres.url(name)
     finally:
         test_postgres.drop_database(name)
+
+
+@pytest.fixture
+async def raw_pool(
+    migrated_db_url: str,
+) -> AsyncIterator[AsyncConnectionPool[AsyncConnection[Any]]]:
+    """The services' raw psycopg pool (``fedcore.db.create_raw_pool``) on a fresh database."""
+    pool = create_raw_pool(PostgresSettings(url=SecretStr(migrated_db_url)), name="test-raw")
+    await pool.open(wait=True)
+    try:
+        yield pool
+    finally:
+        await pool.close()
 
 
 @pytest.fixture(scope="session")

@@ -6,16 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
-from pydantic import SecretStr
 
-from fedcore.db import create_raw_pool
-from fedcore.settings import PostgresSettings
 from tests.support.db import execute, fetch_all
 from verbs.circuit import CircuitBreakers, CircuitPolicy, CircuitRecord, CircuitState
 
@@ -24,13 +20,8 @@ Pool = AsyncConnectionPool[AsyncConnection[Any]]
 
 
 @pytest.fixture
-async def pool(migrated_db_url: str) -> AsyncIterator[Pool]:
-    raw = create_raw_pool(PostgresSettings(url=SecretStr(migrated_db_url)), name="test-circuits")
-    await raw.open(wait=True)
-    try:
-        yield raw
-    finally:
-        await raw.close()
+def pool(raw_pool: Pool) -> Pool:
+    return raw_pool
 
 
 def new_connection(url: str, name: str) -> uuid.UUID:

@@ -27,13 +27,8 @@ Pool = AsyncConnectionPool[AsyncConnection[Any]]
 
 
 @pytest.fixture
-async def db(migrated_db_url: str) -> AsyncIterator[Pool]:
-    raw = create_raw_pool(PostgresSettings(url=SecretStr(migrated_db_url)), name="test-sweep")
-    await raw.open(wait=True)
-    try:
-        yield raw
-    finally:
-        await raw.close()
+def db(raw_pool: Pool) -> Pool:
+    return raw_pool
 
 
 @pytest.fixture
