@@ -13,6 +13,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from tests.support.db import execute, fetch_all
+from tests.support.factories import insert_connection
 from verbs.circuit import CircuitBreakers, CircuitPolicy, CircuitRecord, CircuitState
 
 POLICY = CircuitPolicy(threshold=3, cooldown_seconds=30, probe_timeout_seconds=10)
@@ -22,17 +23,6 @@ Pool = AsyncConnectionPool[AsyncConnection[Any]]
 @pytest.fixture
 def pool(raw_pool: Pool) -> Pool:
     return raw_pool
-
-
-def new_connection(url: str, name: str) -> uuid.UUID:
-    connection_id = uuid.uuid4()
-    execute(
-        url,
-        "INSERT INTO federation_connections (id, name, state, sealed_private_key) "
-        "VALUES (%s, %s, 'pending', %s)",
-        (connection_id, name, b"\x00"),
-    )
-    return connection_id
 
 
 def read(url: str, connection_id: uuid.UUID) -> tuple[CircuitRecord, Any]:
@@ -62,7 +52,7 @@ async def test_consecutive_failures_open_the_circuit_for_every_worker(
     migrated_db_url: str, pool: Pool
 ) -> None:
     url = migrated_db_url
-    one, other = new_connection(url, "one"), new_connection(url, "other")
+    one, other = insert_connection(url, name="one"), insert_connection(url, name="other")
     worker_a = CircuitBreakers(pool, POLICY)
     worker_b = CircuitBreakers(pool, POLICY)  # same store: what another process does
 
@@ -95,7 +85,7 @@ async def test_exactly_one_of_many_concurrent_callers_gets_the_probe(
     migrated_db_url: str, pool: Pool
 ) -> None:
     url = migrated_db_url
-    connection_id = new_connection(url, "dead")
+    connection_id = insert_connection(url, name="dead")
     breakers = [CircuitBreakers(pool, POLICY) for _ in range(3)]
     for _ in range(POLICY.threshold):
         await breakers[0].record_failure(connection_id, "peer_timeout")
@@ -120,7 +110,7 @@ async def test_probe_outcomes_failure_reopens_success_closes_release_returns_it(
     migrated_db_url: str, pool: Pool
 ) -> None:
     url = migrated_db_url
-    connection_id = new_connection(url, "flaky")
+    connection_id = insert_connection(url, name="flaky")
     store = CircuitBreakers(pool, POLICY)
     for _ in range(POLICY.threshold):
         await store.record_failure(connection_id, "peer_timeout")
@@ -163,7 +153,7 @@ async def test_probe_outcomes_failure_reopens_success_closes_release_returns_it(
 
 async def test_a_probe_whose_worker_died_expires(migrated_db_url: str, pool: Pool) -> None:
     url = migrated_db_url
-    connection_id = new_connection(url, "orphan")
+    connection_id = insert_connection(url, name="orphan")
     store = CircuitBreakers(pool, POLICY)
     for _ in range(POLICY.threshold):
         await store.record_failure(connection_id, "peer_timeout")
@@ -186,7 +176,7 @@ async def test_a_probe_whose_worker_died_expires(migrated_db_url: str, pool: Poo
 
 async def test_the_circuit_goes_with_its_connection(migrated_db_url: str, pool: Pool) -> None:
     url = migrated_db_url
-    connection_id = new_connection(url, "gone")
+    connection_id = insert_connection(url, name="gone")
     await CircuitBreakers(pool, POLICY).record_failure(connection_id, "peer_timeout")
     execute(url, "DELETE FROM federation_connections WHERE id = %s", (connection_id,))
     assert fetch_all(url, "SELECT count(*) FROM federation_circuits") == [(0,)]

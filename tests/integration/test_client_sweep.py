@@ -19,7 +19,7 @@ from fedcore.federation_client import FederationClientPool
 from fedcore.sealing import Sealer
 from fedcore.settings import PostgresSettings
 from tests.support.db import execute
-from tests.support.factories import connection_material
+from tests.support.factories import connection_material, insert_connection
 from tests.support.secrets import random_secret
 from verbs.client_sweep import ClientSweeper
 
@@ -40,17 +40,6 @@ async def clients() -> AsyncIterator[FederationClientPool]:
         await pool.aclose()
 
 
-def connection_row(url: str, state: str) -> uuid.UUID:
-    connection_id = uuid.uuid4()
-    execute(
-        url,
-        "INSERT INTO federation_connections (id, name, state, cert_pem, remote_grant_id, "
-        "sealed_private_key) VALUES (%s, %s, %s, 'PEM', %s, %s)",
-        (connection_id, f"c-{connection_id.hex[:8]}", state, uuid.uuid4(), b"\x00"),
-    )
-    return connection_id
-
-
 def cache(clients: FederationClientPool, *connection_ids: uuid.UUID) -> None:
     sealer = clients._sealer
     for connection_id in connection_ids:
@@ -60,9 +49,9 @@ def cache(clients: FederationClientPool, *connection_ids: uuid.UUID) -> None:
 async def test_a_sweep_keeps_only_the_active_connections_clients(
     migrated_db_url: str, db: Pool, clients: FederationClientPool
 ) -> None:
-    active = connection_row(migrated_db_url, "active")
-    retired = connection_row(migrated_db_url, "active")
-    deleted = connection_row(migrated_db_url, "active")
+    active = insert_connection(migrated_db_url, "active")
+    retired = insert_connection(migrated_db_url, "active")
+    deleted = insert_connection(migrated_db_url, "active")
     cache(clients, active, retired, deleted)
     kept = clients._clients[active]
     execute(
@@ -81,7 +70,7 @@ async def test_a_sweep_keeps_only_the_active_connections_clients(
 async def test_the_sweeper_runs_on_its_interval_until_stopped(
     migrated_db_url: str, db: Pool, clients: FederationClientPool
 ) -> None:
-    retired = connection_row(migrated_db_url, "revoked")
+    retired = insert_connection(migrated_db_url, "revoked")
     cache(clients, retired)
     sweeper = ClientSweeper(clients, db, interval_seconds=0.05)
     sweeper.start()
@@ -98,7 +87,7 @@ async def test_the_sweeper_runs_on_its_interval_until_stopped(
 async def test_a_failed_sweep_is_logged_and_the_loop_goes_on(
     migrated_db_url: str, clients: FederationClientPool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    retired = connection_row(migrated_db_url, "revoked")
+    retired = insert_connection(migrated_db_url, "revoked")
     cache(clients, retired)
     closed = create_raw_pool(
         PostgresSettings(url=SecretStr(migrated_db_url)), name="test-sweep-closed"

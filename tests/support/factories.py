@@ -24,6 +24,7 @@ from fedcore.models import (
 from fedcore.pki import utcnow
 from fedcore.sealing import PURPOSE_CONNECTION_KEY, Sealer
 from fedcore.tokens import hash_token, new_token
+from tests.support.db import execute
 
 DEFAULT_SCOPE: dict[str, Any] = {
     "resources": ["tasks", "notes"],
@@ -135,3 +136,24 @@ def connection_material(
         ca_bundle_pem=hierarchy.bundle_pem,
         sealed_private_key=sealer.seal(pki.private_key_pem(key), purpose=PURPOSE_CONNECTION_KEY),
     )
+
+
+def insert_connection(url: str, state: str = "pending", name: str | None = None) -> uuid.UUID:
+    """A bare outbound connection row (test-only SQL; no usable key): an active or revoked one
+    carries the certificate and remote grant the schema requires of it."""
+    connection_id = uuid.uuid4()
+    made = state != "pending"
+    execute(
+        url,
+        "INSERT INTO federation_connections (id, name, state, cert_pem, remote_grant_id, "
+        "sealed_private_key) VALUES (%s, %s, %s, %s, %s, %s)",
+        (
+            connection_id,
+            name or f"c-{connection_id.hex[:8]}",
+            state,
+            "PEM" if made else None,
+            uuid.uuid4() if made else None,
+            b"\x00",
+        ),
+    )
+    return connection_id

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from devstack import stack
 from fedcore.settings import SECRET_NAMES, SecretsSettings, ServiceSettings
 from tests.support.secrets import random_secret
+from verbs.auth import InboundAuthenticator
 
 DB_URL = "postgresql+psycopg://u:p@127.0.0.1:9/x"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -145,3 +146,11 @@ def build_with(
     return settings_class(service).model_validate(
         {"db": {"url": DB_URL}, "secrets": given, **extra}
     )
+
+
+@pytest.mark.parametrize("proxy_secret", ["", "x" * 31])
+def test_the_verbs_refuse_a_short_proxy_secret(proxy_secret: str) -> None:
+    # An empty secret would match a request that carries no proxy header at all.
+    with pytest.raises(ValueError, match="at least 32 characters") as refused:
+        InboundAuthenticator(None, proxy_secret)  # type: ignore[arg-type]
+    assert proxy_secret not in str(refused.value) or not proxy_secret
