@@ -14,7 +14,7 @@ import pytest
 from pydantic import SecretStr
 
 from fedcore import pki
-from fedcore.broker_client import CaBrokerClient
+from fedcore.broker_client import CaBrokerClient, CaUnavailable
 from fedcore.client_cert import VerifiedClientCert
 from fedcore.db import create_engine, create_sessionmaker
 from fedcore.federation_oids import FederationIdentity
@@ -23,6 +23,8 @@ from fedcore.scope import GrantScope
 from fedcore.settings import PostgresSettings
 from tests.support.db import execute, fetch_all
 from tests.support.factories import DEFAULT_SCOPE, create_grant_fixture
+from tests.support.fanout import Blackhole
+from tests.support.net import host
 from verbs.auth import ClientCertRevoked, FederationContext
 from verbs.renewal import Renewer
 from verbs.schemas import RenewRequest
@@ -166,3 +168,86 @@ async def test_a_renewal_waits_for_a_revocation_under_way_and_then_sees_it(
                 await session.rollback()
     finally:
         await engine.dispose()
+
+
+async def test_a_stalled_ca_fails_the_renewal_in_time_and_never_blocks_a_revocation(
+    migrated_db_url: str,
+) -> None:
+    """A renewal holds the grant's row lock while the CA signs. Against a CA that accepts and
+    never answers (a real broker client, a real socket), the renewal gives up at its deadline
+    (503 ca_unavailable) — well before a revocation waiting for the same lock (the grants'
+    ``SELECT … FOR UPDATE`` under a lock timeout) would give up — and records nothing."""
+    fx = await create_grant_fixture(migrated_db_url, status=GrantStatus.ACTIVE)
+    serial, now = uuid.uuid4().hex, pki.utcnow()
+    _record_certificate(migrated_db_url, fx, serial, now)
+    peer_before = fetch_all(
+        migrated_db_url, "SELECT cert_serial FROM federation_peers WHERE id = %s", (fx.peer_id,)
+    )
+    stalled_ca = Blackhole(host(1))
+    # The broker client's own timeout (10 s) is far beyond the revoke's lock timeout (2 s
+    # here): only the renewal's deadline lets the revocation through.
+    broker = CaBrokerClient(f"http://{stalled_ca.host}:{stalled_ca.port}", "t" * 40, timeout=10)
+    renewer = Renewer(broker, max_live_certificates=3, sign_deadline_seconds=0.5)
+    engine = create_engine(PostgresSettings(url=SecretStr(migrated_db_url)))
+    libpq_url = migrated_db_url.replace("postgresql+psycopg://", "postgresql://")
+    try:
+        async with create_sessionmaker(engine)() as session:
+
+            async def renew_as_the_route_does() -> Any:
+                try:
+                    return await renewer.renew(
+                        session, _context(fx, serial, now), RenewRequest(csr_pem="x")
+                    )
+                except BaseException:
+                    await session.rollback()  # fedcore.db.unit_of_work on the way out
+                    raise
+
+            renewal = asyncio.create_task(renew_as_the_route_does())
+            async with await psycopg.AsyncConnection.connect(libpq_url) as revoker:
+                await revoker.execute("SET lock_timeout = '2s'")
+                await _wait_until_the_grant_is_locked(migrated_db_url, fx.grant_id)
+                await revoker.execute(
+                    "SELECT id FROM federation_grants WHERE id = %s FOR UPDATE", (fx.grant_id,)
+                )  # waits for the renewal; a LockNotAvailable here is the defect
+                await revoker.execute(
+                    "UPDATE federation_grants SET status = 'revoked' WHERE id = %s",
+                    (fx.grant_id,),
+                )
+                await revoker.commit()
+            with pytest.raises(CaUnavailable) as failed:
+                await renewal
+    finally:
+        await engine.dispose()
+        await broker.aclose()
+        stalled_ca.close()
+    assert failed.value.status_code == 503
+    assert failed.value.code == "ca_unavailable"
+    peer_after = fetch_all(
+        migrated_db_url, "SELECT cert_serial FROM federation_peers WHERE id = %s", (fx.peer_id,)
+    )
+    assert peer_after == peer_before
+    assert fetch_all(
+        migrated_db_url,
+        "SELECT serial FROM federation_certificates WHERE grant_id = %s",
+        (fx.grant_id,),
+    ) == [(serial,)]
+    assert fetch_all(
+        migrated_db_url, "SELECT status FROM federation_grants WHERE id = %s", (fx.grant_id,)
+    ) == [("revoked",)]
+
+
+async def _wait_until_the_grant_is_locked(url: str, grant_id: uuid.UUID) -> None:
+    """Until the renewal holds the grant's row lock (pgrowlocks is not installed: try it)."""
+    libpq_url = url.replace("postgresql+psycopg://", "postgresql://")
+    async with asyncio.timeout(10):
+        async with await psycopg.AsyncConnection.connect(libpq_url, autocommit=True) as probe:
+            while True:
+                locked = await (
+                    await probe.execute(
+                        "SELECT id FROM federation_grants WHERE id = %s FOR UPDATE SKIP LOCKED",
+                        (grant_id,),
+                    )
+                ).fetchall()
+                if not locked:
+                    return
+                await asyncio.sleep(0.02)

@@ -95,7 +95,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.secrets.value("service_token"),
             timeout=settings.ca_broker_timeout_seconds,
         )
-        app.state.renewer = Renewer(broker, settings.max_live_certificates_per_grant)
+        app.state.renewer = Renewer(
+            broker,
+            settings.max_live_certificates_per_grant,
+            sign_deadline_seconds=settings.renewal_sign_deadline_seconds,
+        )
 
         async def cleanup() -> None:
             await sweeper.stop()

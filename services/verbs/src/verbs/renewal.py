@@ -8,6 +8,13 @@ or peers (``409 grant_not_issuable`` / ``peer_not_issuable``), and caps the life
 grant's expiry. The peer's current-certificate fields move to the new certificate; the old one
 stays valid until it expires (calls in flight keep working) and is revoked with the grant.
 
+Lock: the grant's row stays locked (``FOR NO KEY UPDATE``) from the count until the new
+certificate is recorded, the CA's signature included, so renewals of one grant cannot overshoot
+the bound below. A revocation of the grant waits for that lock, so the CA gets
+``renewal_sign_deadline_seconds`` (below every service's lock timeout, checked at start) and not
+a moment more: a stalled CA fails the renewal (``503 ca_unavailable``), it never makes a revoke
+time out.
+
 Bound: while a grant already has ``max_live_certificates_per_grant`` unexpired, unrevoked
 certificates, renewal is ``409 too_many_certificates`` — a peer cannot mint certificates in a
 loop, yet a renewal whose answer was lost can be retried.
@@ -15,13 +22,14 @@ loop, yet a renewal whose answer was lost can be retried.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fedcore import pki
-from fedcore.broker_client import CaBrokerClient
+from fedcore.broker_client import CaBrokerClient, CaUnavailable
 from fedcore.errors import Conflict
 from verbs import repository
 from verbs.auth import ClientCertRevoked, FederationContext
@@ -34,6 +42,7 @@ VerbResult = tuple[dict[str, Any], int | None]
 class Renewer:
     broker: CaBrokerClient
     max_live_certificates: int
+    sign_deadline_seconds: float = 3.0
 
     async def renew(
         self, session: AsyncSession, context: FederationContext, body: RenewRequest
@@ -52,12 +61,19 @@ class Renewer:
                 "this grant has too many live certificates; renew when the older ones expired",
                 code="too_many_certificates",
             )
-        signed = await self.broker.sign(
-            csr_pem=body.csr_pem,
-            grant_id=context.grant_id,
-            subject_user_id=context.subject_user_id,
-            peer_id=context.peer_id,
-        )
+        try:
+            async with asyncio.timeout(self.sign_deadline_seconds):
+                signed = await self.broker.sign(
+                    csr_pem=body.csr_pem,
+                    grant_id=context.grant_id,
+                    subject_user_id=context.subject_user_id,
+                    peer_id=context.peer_id,
+                )
+        except TimeoutError:
+            # Whatever the CA does with the request now, this transaction records nothing and
+            # lets go of the grant. (Had the CA signed meanwhile, that certificate is recorded
+            # by the broker, counts as live until it expires, and is revoked with the grant.)
+            raise CaUnavailable("the CA did not answer in time") from None
         await repository.record_peer_certificate(
             session,
             context.peer_id,

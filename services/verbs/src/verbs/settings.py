@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from fedcore.scope import ABSOLUTE_MAX_ROWS, DEFAULT_HARD_DENY, ScopePolicy
@@ -73,12 +73,31 @@ class Settings(ServiceSettings):
     # Renewal (POST /api/federation/v1/renew): the verbs ask the ca-broker to sign.
     ca_broker_url: str = Field(default="http://127.0.0.1:9101")
     ca_broker_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    renewal_sign_deadline_seconds: float = Field(
+        default=3.0,
+        gt=0,
+        le=60,
+        description="a renewal gives up on the CA after this (503 ca_unavailable); it holds the "
+        "grant's row lock meanwhile, and a revocation waits for that lock",
+    )
     max_live_certificates_per_grant: int = Field(
         default=3,
         ge=2,
         le=20,
         description="renewal refused while a grant has this many unexpired, unrevoked certificates",
     )
+
+    @model_validator(mode="after")
+    def _renewal_releases_the_grant_in_time(self) -> Settings:
+        # A revocation waits for a renewal's grant lock at most lock_timeout_ms (the same
+        # default in every service): a renewal must let go first, however slow the CA is, or a
+        # peer renewing in a loop against a stalled CA could keep its grant from being revoked.
+        if self.renewal_sign_deadline_seconds * 1000 >= self.db.lock_timeout_ms:
+            raise ValueError(
+                "renewal_sign_deadline_seconds must stay below db.lock_timeout_ms (a renewal "
+                "holds the grant's row lock while the CA signs; a revocation waits for it)"
+            )
+        return self
 
     @property
     def source_name(self) -> str:

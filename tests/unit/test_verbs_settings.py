@@ -1,0 +1,50 @@
+"""The verbs' settings refuse a renewal deadline that could outlast a revocation's lock wait
+(docs/renewal.md, "A slow CA"): a renewal holds the grant's row lock while the CA signs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from tests.support.secrets import random_secret
+from verbs.settings import Settings
+
+
+def verbs_settings(**values: Any) -> Settings:
+    db = {"url": "postgresql+psycopg://u:p@127.0.0.1:9/x", **values.pop("db", {})}
+    return Settings.model_validate(
+        {
+            "db": db,
+            "ca_bundle_path": "/nonexistent/client-ca.pem",
+            "secrets": {
+                name: random_secret()
+                for name in ("gateway_secret", "proxy_secret", "service_token")
+            },
+            **values,
+        }
+    )
+
+
+def test_the_default_renewal_deadline_is_below_the_default_lock_timeout() -> None:
+    settings = verbs_settings()
+    assert settings.renewal_sign_deadline_seconds * 1000 < settings.db.lock_timeout_ms
+
+
+@pytest.mark.parametrize(
+    ("deadline", "lock_timeout_ms"), [(5.0, 5_000), (6.0, 5_000), (2.0, 1_500)]
+)
+def test_a_renewal_deadline_at_or_above_the_lock_timeout_is_refused(
+    deadline: float, lock_timeout_ms: int
+) -> None:
+    with pytest.raises(ValidationError) as refused:
+        verbs_settings(
+            renewal_sign_deadline_seconds=deadline, db={"lock_timeout_ms": lock_timeout_ms}
+        )
+    assert "renewal_sign_deadline_seconds must stay below db.lock_timeout_ms" in str(refused.value)
+
+
+def test_a_renewal_deadline_below_the_lock_timeout_is_accepted() -> None:
+    settings = verbs_settings(renewal_sign_deadline_seconds=4.9, db={"lock_timeout_ms": 5_000})
+    assert settings.renewal_sign_deadline_seconds == 4.9
