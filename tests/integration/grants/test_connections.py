@@ -86,6 +86,7 @@ def _body(ca: pki.CaHierarchy, cert: x509.Certificate, **extra: Any) -> dict[str
         "cert_pem": pki.cert_pem(cert),
         "cert_chain_pem": pki.cert_pem(cert) + pki.cert_pem(ca.intermediate_cert),
         "ca_bundle_pem": pki.cert_pem(ca.root_cert) + pki.cert_pem(ca.intermediate_cert),
+        "expected_ca_fingerprint_sha256": pki.fingerprint_sha256(ca.root_cert),
         **extra,
     }
 
@@ -225,7 +226,11 @@ async def test_a_bad_certificate_is_refused_and_the_connection_stays_pending(
         )
     elif case == "chain":
         other = _other_ca()
-        body = {**_body(other, _issue(other, key, **ids)), "ca_bundle_pem": body["ca_bundle_pem"]}
+        body = {
+            **_body(other, _issue(other, key, **ids)),
+            "ca_bundle_pem": body["ca_bundle_pem"],
+            "expected_ca_fingerprint_sha256": body["expected_ca_fingerprint_sha256"],
+        }
         code = "certificate_chain_invalid"
     elif case == "grant":
         body, code = (
@@ -262,6 +267,26 @@ async def test_a_bad_certificate_is_refused_and_the_connection_stays_pending(
     assert harness.db.snapshot("federation_connections", keypair["connection_id"]) == before
     [audit] = [r for r in harness.db.audit() if r["action"] == "connection.certificate"]
     assert (audit["outcome"], audit["reason_code"]) == ("denied", code)
+
+
+async def test_a_certificate_without_a_ca_pin_is_refused(
+    harness: Harness, remote_ca: pki.CaHierarchy
+) -> None:
+    """No trust on first use through the API either: the pin comes out of band (the enrollment
+    URL's #ca_fp), never from the bundle that arrives with the certificate."""
+    keypair = await _keypair(harness)
+    ids: dict[str, Any] = {"grant_id": uuid.uuid4(), "subject_user_id": uuid.uuid4()}
+    body = _body(remote_ca, _issue(remote_ca, _csr_key(keypair), **ids))
+    del body["expected_ca_fingerprint_sha256"]
+    before = harness.db.snapshot("federation_connections", keypair["connection_id"])
+    response = await harness.call(
+        "PATCH", f"/api/admin/federation/peers/{keypair['connection_id']}/cert", json=body
+    )
+    refused = assert_error(response, 422, "validation_error")
+    assert refused["fields"] == [
+        {"loc": ["body", "expected_ca_fingerprint_sha256"], "msg": "Field required"}
+    ]
+    assert harness.db.snapshot("federation_connections", keypair["connection_id"]) == before
 
 
 async def test_unknown_connection_is_404(harness: Harness, remote_ca: pki.CaHierarchy) -> None:

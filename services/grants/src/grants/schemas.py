@@ -221,7 +221,10 @@ class ConnectionCert(_Request):
     ca_bundle_pem: Pem
     expected_grant_id: uuid.UUID | None = None
     expected_subject_user_id: uuid.UUID | None = None
-    expected_ca_fingerprint_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    # Required: the bundle arrives with the certificate, so without a pin learnt out of band
+    # (the enrollment URL's #ca_fp) it would be trusted on first use — whoever hands us the
+    # certificate would also choose the root we trust for the connection's life.
+    expected_ca_fingerprint_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
 class ConnectionOut(BaseModel):

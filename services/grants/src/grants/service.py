@@ -709,9 +709,7 @@ class ConnectionService:
             _load_certificates(body.ca_bundle_pem, "ca_bundle_pem")  # parses at all
             # Only the pinned root (and what it issued) is trusted and stored: an extra root in
             # the bundle would otherwise be trusted for chain checks and for every later call.
-            pin = body.expected_ca_fingerprint_sha256 or pki.bundle_root_fingerprint(
-                body.ca_bundle_pem
-            )
+            pin = body.expected_ca_fingerprint_sha256
             try:
                 trusted_bundle = pki.pinned_bundle(body.ca_bundle_pem, pin)
             except pki.PinMismatch:
