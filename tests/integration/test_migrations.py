@@ -112,3 +112,35 @@ def test_timestamps_are_timezone_aware(migrated_db_url: str) -> None:
 def test_metadata_is_only_built_from_models() -> None:
     assert isinstance(Base.metadata, MetaData)
     assert set(Base.metadata.tables) >= EXPECTED_TABLES
+
+
+@pytest.mark.parametrize("table", ["tasks", "notes", "credentials"])
+def test_a_team_with_rows_cannot_be_deleted_and_its_rows_stay_in_the_team(
+    migrated_db_url: str, table: str
+) -> None:
+    """Deleting a team must not turn its rows into their owner's personal rows (which an
+    ``include_personal`` grant would then share): the delete fails, the rows keep their team."""
+    url = migrated_db_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(url, autocommit=True) as conn:
+        [(user_id,)] = conn.execute(
+            "INSERT INTO users (id, username, display_name) "
+            "VALUES (gen_random_uuid(), 'owner', 'Owner') RETURNING id"
+        ).fetchall()
+        [(team_id,)] = conn.execute(
+            "INSERT INTO teams (id, name) VALUES (gen_random_uuid(), 'research') RETURNING id"
+        ).fetchall()
+        [(empty_team_id,)] = conn.execute(
+            "INSERT INTO teams (id, name) VALUES (gen_random_uuid(), 'empty') RETURNING id"
+        ).fetchall()
+        columns = {"tasks": ", status", "notes": "", "credentials": ", login"}[table]
+        values = {"tasks": ", 'todo'", "notes": "", "credentials": ", 'login'"}[table]
+        conn.execute(
+            f"INSERT INTO {table} (id, owner_user_id, team_id, title, body{columns}) "  # noqa: S608
+            f"VALUES (gen_random_uuid(), %s, %s, 'row', ''{values})",
+            (user_id, team_id),
+        )
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):
+            conn.execute("DELETE FROM teams WHERE id = %s", (team_id,))
+        assert conn.execute(f"SELECT team_id FROM {table}").fetchall() == [(team_id,)]  # noqa: S608
+        conn.execute("DELETE FROM teams WHERE id = %s", (empty_team_id,))  # no rows: allowed
+        assert conn.execute("SELECT id FROM teams").fetchall() == [(team_id,)]

@@ -184,11 +184,16 @@ def _content_indexes(table: str) -> tuple[Index, ...]:
     )
 
 
+# Content rows' team_id is ON DELETE RESTRICT, not SET NULL: a team row whose team vanished would
+# turn "personal" and match include_personal grants it was never part of (fedcore.scope_evaluator;
+# migration 0004). Move or delete a team's rows before the team.
+
+
 class Task(_ContentRow, Base):
     __tablename__ = "tasks"
 
     owner_user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
-    team_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("teams.id", ondelete="SET NULL"))
+    team_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("teams.id", ondelete="RESTRICT"))
     status: Mapped[TaskStatus] = mapped_column(
         _pg_enum(TaskStatus, "task_status"), default=TaskStatus.TODO
     )
@@ -199,7 +204,7 @@ class Note(_ContentRow, Base):
     __tablename__ = "notes"
 
     owner_user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
-    team_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("teams.id", ondelete="SET NULL"))
+    team_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("teams.id", ondelete="RESTRICT"))
     __table_args__ = _content_indexes("notes")
 
 
@@ -207,7 +212,7 @@ class Credential(_ContentRow, Base):
     __tablename__ = "credentials"
 
     owner_user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
-    team_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("teams.id", ondelete="SET NULL"))
+    team_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("teams.id", ondelete="RESTRICT"))
     login: Mapped[str] = mapped_column(String(200), default="")
     __table_args__ = _content_indexes("credentials")
 
