@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import ssl
+
 import httpx
 import pytest
 
+from tests.support.net import host
 from tests.support.stack import Gateway
 
 
@@ -141,3 +145,39 @@ def test_access_log_redacts_the_enrollment_token(gateway_a: Gateway) -> None:
     assert "/api/federation/v1/enrollment/ffffffff[redacted]" in text
     assert token not in text
     assert token[8:] not in text
+
+
+@pytest.mark.parametrize(("path", "client_octet"), [("/readyz/verbs", 97), ("/pki/crl.pem", 96)])
+async def test_public_probes_and_pki_files_are_rate_limited_per_client_ip(
+    gateway_a: Gateway, path: str, client_octet: int
+) -> None:
+    """Unauthenticated GETs on the public listener reach the services (a readiness probe asks
+    the database): a burst from one address gets JSON 429, another address is not slowed."""
+    transport = httpx.AsyncHTTPTransport(
+        verify=gateway_a.tls_context(), local_address=host(client_octet)
+    )
+    async with httpx.AsyncClient(
+        base_url=gateway_a.public_url, transport=transport, timeout=30
+    ) as client:
+        responses = await asyncio.gather(*(client.get(path) for _ in range(150)))
+    statuses = {r.status_code for r in responses}
+    assert statuses <= {200, 429}, statuses
+    limited = [r for r in responses if r.status_code == 429]
+    assert limited, "no request was rate limited"
+    assert limited[0].json()["error"]["code"] == "rate_limited"
+    assert limited[0].headers["retry-after"] == "1"
+    with _public(gateway_a) as client:
+        assert client.get(path).status_code == 200
+
+
+def test_public_listener_issues_no_session_tickets(gateway_a: Gateway) -> None:
+    """A resumed session would skip nginx's certificate and CRL check: no tickets (checked on
+    TLS 1.2, where the client's session object says whether it holds one)."""
+    context = gateway_a.tls_context()
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    with httpx.Client(base_url=gateway_a.public_url, verify=context, timeout=10) as client:
+        assert client.get("/readyz/enrollment").status_code == 200
+        stream = client.get("/readyz/enrollment").extensions["network_stream"]
+        session = stream.get_extra_info("ssl_object").session
+    assert session is not None
+    assert not session.has_ticket
