@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 
 from fedcore import pki
 from fedcore.cli.client import resolve_target
-from fedcore.cli.federation import expires_arg, since_arg
+from fedcore.cli.common import expires_arg, since_arg
 from fedcore.cli.main import build_parser, main
 from fedcore.csr import make_csr
 from fedcore.tokens import hash_token

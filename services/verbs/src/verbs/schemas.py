@@ -3,10 +3,9 @@ column name chosen by the peer."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from fedcore.scope import ABSOLUTE_MAX_ROWS
 
@@ -15,7 +14,9 @@ class VerbFilter(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     status: Literal["todo", "in_progress", "done"] | None = None
-    updated_since: datetime | None = None
+    # With an offset, as in the admin API: a bare time would be read in each database session's
+    # time zone — and the fan-out forwards it, so every peer would read it in its own.
+    updated_since: AwareDatetime | None = None
 
 
 class ListRequest(BaseModel):

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -97,3 +99,31 @@ def read_json_file(path: str) -> Any:
         return json.loads(text)
     except ValueError as exc:
         raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+
+
+_RELATIVE_RE = re.compile(r"(\d+)([smhd])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def since_arg(value: str) -> str:
+    """``--since``: ISO 8601 (UTC if no offset) or a relative age like ``30m``, ``2h``, ``7d``."""
+    relative = _RELATIVE_RE.fullmatch(value)
+    if relative:
+        delta = timedelta(**{_UNITS[relative.group(2)]: int(relative.group(1))})
+        return (datetime.now(UTC) - delta).isoformat()
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not an ISO 8601 time or an age like 30m/2h/7d: {value!r}"
+        ) from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
+
+
+def expires_arg(value: str) -> str:
+    """``--expires-at``: ISO 8601 (UTC if no offset) or a lifetime from now (``12h``, ``30d``)."""
+    relative = _RELATIVE_RE.fullmatch(value)
+    if relative:
+        delta = timedelta(**{_UNITS[relative.group(2)]: int(relative.group(1))})
+        return (datetime.now(UTC) + delta).isoformat()
+    return since_arg(value)

@@ -7,15 +7,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from fedcore.cli import output, query
 from fedcore.cli.client import AdminClient, CliError, ConfigError
-from fedcore.cli.common import api_command, group, read_json_file, uuid_arg
+from fedcore.cli.common import (
+    api_command,
+    expires_arg,
+    group,
+    read_json_file,
+    since_arg,
+    uuid_arg,
+)
 from fedcore.cli.enroll import peer_add
 
 PEERS = "/api/admin/federation/peers"
@@ -83,33 +88,6 @@ AUDIT_COLUMNS = [
     ("GRANT", "grant_id"),
     ("PEER", "peer_id"),
 ]
-
-_RELATIVE_RE = re.compile(r"(\d+)([smhd])")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-
-
-def since_arg(value: str) -> str:
-    """``--since``: ISO 8601 (UTC if no offset) or a relative age like ``30m``, ``2h``, ``7d``."""
-    relative = _RELATIVE_RE.fullmatch(value)
-    if relative:
-        delta = timedelta(**{_UNITS[relative.group(2)]: int(relative.group(1))})
-        return (datetime.now(UTC) - delta).isoformat()
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"not an ISO 8601 time or an age like 30m/2h/7d: {value!r}"
-        ) from None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
-
-
-def expires_arg(value: str) -> str:
-    """``--expires-at``: ISO 8601 (UTC if no offset) or a lifetime from now (``12h``, ``30d``)."""
-    relative = _RELATIVE_RE.fullmatch(value)
-    if relative:
-        delta = timedelta(**{_UNITS[relative.group(2)]: int(relative.group(1))})
-        return (datetime.now(UTC) + delta).isoformat()
-    return since_arg(value)
 
 
 def _table(columns: list[tuple[str, str]]) -> Any:

@@ -15,7 +15,7 @@ from typing import Any
 
 from fedcore.cli import output
 from fedcore.cli.client import AdminClient
-from fedcore.cli.common import api_command, uuid_arg
+from fedcore.cli.common import api_command, since_arg, uuid_arg
 
 QUERY = "/api/local/v1/query"
 CONNECTION_CAPABILITIES = "/api/local/v1/connections/{name}/capabilities"
@@ -106,7 +106,12 @@ def register(federation: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     query.add_argument("--query", metavar="TEXT", help="full-text search instead of a list")
     query.add_argument("--limit", type=int, metavar="N", help="rows per source (first page)")
     query.add_argument("--status", choices=["todo", "in_progress", "done"], help="tasks only")
-    query.add_argument("--updated-since", metavar="ISO8601", help="only rows updated since")
+    query.add_argument(
+        "--updated-since",
+        type=since_arg,
+        metavar="WHEN",
+        help="only rows updated since: ISO 8601 (UTC if no offset) or an age (30m, 2h, 7d)",
+    )
     query.add_argument(
         "--as-user", type=uuid_arg, metavar="USER_ID", help="with an admin token: query as"
     )
