@@ -11,12 +11,13 @@ from typing import Any, cast
 
 import psycopg
 import pytest
+import sqlalchemy.exc
 from pydantic import SecretStr
 
 from fedcore import pki
 from fedcore.broker_client import CaBrokerClient, CaUnavailable
 from fedcore.client_cert import VerifiedClientCert
-from fedcore.db import create_engine, create_sessionmaker
+from fedcore.db import contention_error, create_engine, create_sessionmaker
 from fedcore.federation_oids import FederationIdentity
 from fedcore.models import GrantStatus
 from fedcore.scope import GrantScope
@@ -251,3 +252,49 @@ async def _wait_until_the_grant_is_locked(url: str, grant_id: uuid.UUID) -> None
                 if not locked:
                     return
                 await asyncio.sleep(0.02)
+
+
+async def test_a_second_renewal_of_the_grant_fails_at_once_instead_of_queueing(
+    migrated_db_url: str,
+) -> None:
+    """Renewals never queue for the grant's lock: queued behind each other against a stalled CA,
+    each would hold it for a whole deadline in turn and a revocation behind them would time
+    out. The second renewal fails at once with a contention error (``503 database_busy``)."""
+    fx = await create_grant_fixture(migrated_db_url, status=GrantStatus.ACTIVE)
+    serial, now = uuid.uuid4().hex, pki.utcnow()
+    _record_certificate(migrated_db_url, fx, serial, now)
+    stalled_ca = Blackhole(host(1))
+    broker = CaBrokerClient(f"http://{stalled_ca.host}:{stalled_ca.port}", "t" * 40, timeout=10)
+    renewer = Renewer(broker, max_live_certificates=3, sign_deadline_seconds=2.0)
+    engine = create_engine(PostgresSettings(url=SecretStr(migrated_db_url)))
+    sessions = create_sessionmaker(engine)
+    try:
+        async with sessions() as first_session, sessions() as second_session:
+            first = asyncio.create_task(
+                renewer.renew(first_session, _context(fx, serial, now), RenewRequest(csr_pem="x"))
+            )
+            await _wait_until_the_grant_is_locked(migrated_db_url, fx.grant_id)
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(sqlalchemy.exc.OperationalError) as second:
+                await renewer.renew(
+                    second_session, _context(fx, serial, now), RenewRequest(csr_pem="x")
+                )
+            waited = asyncio.get_running_loop().time() - started
+            assert not first.done()  # the first still holds the lock: the second did not wait
+            busy = contention_error(second.value)
+            assert busy is not None
+            assert (busy.status_code, busy.code) == (503, "database_busy")
+            await second_session.rollback()
+            with pytest.raises(CaUnavailable):
+                await first
+            await first_session.rollback()
+    finally:
+        await engine.dispose()
+        await broker.aclose()
+        stalled_ca.close()
+    assert waited < 1.0  # far below the first renewal's 2 s deadline: no queueing
+    assert fetch_all(
+        migrated_db_url,
+        "SELECT serial FROM federation_certificates WHERE grant_id = %s",
+        (fx.grant_id,),
+    ) == [(serial,)]

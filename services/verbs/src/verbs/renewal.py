@@ -11,9 +11,9 @@ stays valid until it expires (calls in flight keep working) and is revoked with 
 Lock: the grant's row stays locked (``FOR NO KEY UPDATE``) from the count until the new
 certificate is recorded, the CA's signature included, so renewals of one grant cannot overshoot
 the bound below. A revocation of the grant waits for that lock, so the CA gets
-``renewal_sign_deadline_seconds`` (below every service's lock timeout, checked at start) and not
-a moment more: a stalled CA fails the renewal (``503 ca_unavailable``), it never makes a revoke
-time out.
+``renewal_sign_deadline_seconds`` (a second below the lock timeout, checked at start) and not a
+moment more, and renewals never queue for the lock (``NOWAIT``): a stalled CA fails the renewal
+(``503 ca_unavailable``), it never makes a revoke time out.
 
 Bound: while a grant already has ``max_live_certificates_per_grant`` unexpired, unrevoked
 certificates, renewal is ``409 too_many_certificates`` — a peer cannot mint certificates in a
@@ -42,7 +42,7 @@ VerbResult = tuple[dict[str, Any], int | None]
 class Renewer:
     broker: CaBrokerClient
     max_live_certificates: int
-    sign_deadline_seconds: float = 3.0
+    sign_deadline_seconds: float = 2.0
 
     async def renew(
         self, session: AsyncSession, context: FederationContext, body: RenewRequest
@@ -70,9 +70,9 @@ class Renewer:
                     peer_id=context.peer_id,
                 )
         except TimeoutError:
-            # Whatever the CA does with the request now, this transaction records nothing and
-            # lets go of the grant. (Had the CA signed meanwhile, that certificate is recorded
-            # by the broker, counts as live until it expires, and is revoked with the grant.)
+            # This transaction records nothing and lets go of the grant. The broker may still
+            # finish: its certificate (never handed out) counts as live until it expires, and if
+            # the grant is revoked meanwhile it can miss the CRL (docs/renewal.md, "A slow CA").
             raise CaUnavailable("the CA did not answer in time") from None
         await repository.record_peer_certificate(
             session,

@@ -72,9 +72,16 @@ async def lock_grant(session: AsyncSession, grant_id: uuid.UUID) -> None:
 
     ``FOR NO KEY UPDATE``: the broker's certificate insert takes ``FOR KEY SHARE`` on the grant
     (foreign key) in its own transaction while this one waits for it; ``FOR UPDATE`` would
-    deadlock the two until the statement timeout."""
+    deadlock the two until the statement timeout.
+
+    ``NOWAIT``: a renewal never queues for the lock. Queued renewals would each hold it for up to
+    the CA deadline in turn, and a revocation behind them would wait for all of them and time
+    out; so a second renewal of the same grant (or one meeting a revocation under way) fails at
+    once (``503 database_busy``, Retry-After) and a revocation waits for one renewal at most."""
     await session.execute(
-        select(GRANTS.c.id).where(GRANTS.c.id == grant_id).with_for_update(key_share=True)
+        select(GRANTS.c.id)
+        .where(GRANTS.c.id == grant_id)
+        .with_for_update(key_share=True, nowait=True)
     )
 
 

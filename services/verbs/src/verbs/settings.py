@@ -11,6 +11,9 @@ from fedcore.scope import ABSOLUTE_MAX_ROWS, DEFAULT_HARD_DENY, ScopePolicy
 from fedcore.settings import ServiceSettings
 
 
+RENEWAL_LOCK_HEADROOM_MS = 1_000
+
+
 class Settings(ServiceSettings):
     model_config = SettingsConfigDict(
         env_prefix="FED_VERBS_", env_nested_delimiter="__", extra="ignore"
@@ -74,7 +77,7 @@ class Settings(ServiceSettings):
     ca_broker_url: str = Field(default="http://127.0.0.1:9101")
     ca_broker_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
     renewal_sign_deadline_seconds: float = Field(
-        default=3.0,
+        default=2.0,
         gt=0,
         le=60,
         description="a renewal gives up on the CA after this (503 ca_unavailable); it holds the "
@@ -92,10 +95,15 @@ class Settings(ServiceSettings):
         # A revocation waits for a renewal's grant lock at most lock_timeout_ms (the same
         # default in every service): a renewal must let go first, however slow the CA is, or a
         # peer renewing in a loop against a stalled CA could keep its grant from being revoked.
-        if self.renewal_sign_deadline_seconds * 1000 >= self.db.lock_timeout_ms:
+        # The lock is also held for the checks before signing and the writes after it: keep a
+        # second of headroom (renewals never queue for it: repository.lock_grant, NOWAIT).
+        if self.renewal_sign_deadline_seconds * 1000 + RENEWAL_LOCK_HEADROOM_MS > (
+            self.db.lock_timeout_ms
+        ):
             raise ValueError(
-                "renewal_sign_deadline_seconds must stay below db.lock_timeout_ms (a renewal "
-                "holds the grant's row lock while the CA signs; a revocation waits for it)"
+                "renewal_sign_deadline_seconds must stay at least 1 s below db.lock_timeout_ms "
+                "(a renewal holds the grant's row lock while the CA signs; a revocation waits "
+                "for it)"
             )
         return self
 
