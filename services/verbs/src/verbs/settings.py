@@ -10,7 +10,6 @@ from pydantic_settings import SettingsConfigDict
 from fedcore.scope import ABSOLUTE_MAX_ROWS, DEFAULT_HARD_DENY, ScopePolicy
 from fedcore.settings import ServiceSettings
 
-
 RENEWAL_LOCK_HEADROOM_MS = 1_000
 
 
