@@ -5,6 +5,7 @@ When the broker cannot be reached the revocation is recorded in federation_certi
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -12,15 +13,20 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from cryptography import x509
+from fastapi import FastAPI
 
 import ca_broker.app
 import ca_broker.settings
+from ca_broker.backends import IssueRequest
+from ca_broker.backends.local import LocalBackend
 from fedcore import pki
 from fedcore.csr import make_csr
+from fedcore.issuance_lock import NAMESPACE
 from grants.app import create_app
-from tests.integration.grants.harness import Db, make_settings
+from tests.integration.grants.harness import Db, make_settings, sync_url
 from tests.support.apps import running
 from tests.support.secrets import random_secret
 
@@ -32,6 +38,7 @@ class TwoApps:
     db: Db
     admin: dict[str, str]
     service: dict[str, str]
+    broker_app: FastAPI
 
     async def ok(self, method: str, path: str, status: int = 200, **kwargs: Any) -> Any:
         response = await self.grants.request(method, path, headers=self.admin, **kwargs)
@@ -72,6 +79,24 @@ class TwoApps:
         )
         return grant, str(signed.json()["serial"])
 
+    async def sign(self, grant: dict[str, Any]) -> httpx.Response:
+        return await self.broker.post(
+            "/sign",
+            headers=self.service,
+            json={
+                "csr_pem": make_csr(pki.new_ec_key(), "renewing-peer"),
+                "grant_id": grant["id"],
+                "subject_user_id": grant["subject_user_id"],
+                "peer_id": grant["peer_id"],
+            },
+        )
+
+    def serials_of(self, grant: dict[str, Any]) -> set[str]:
+        rows = self.db.rows(
+            "SELECT serial FROM federation_certificates WHERE grant_id = %s", (grant["id"],)
+        )
+        return {serial for (serial,) in rows}
+
     async def crl_serials(self) -> set[str]:
         crl = x509.load_pem_x509_crl((await self.broker.get("/pki/crl.pem")).content)
         return {format(entry.serial_number, "x") for entry in crl}
@@ -107,6 +132,7 @@ async def two_apps(migrated_db_url: str, tmp_path: Path) -> AsyncIterator[TwoApp
                 db=db,
                 admin={"Authorization": f"Bearer {token}"},
                 service={"Authorization": f"Bearer {shared['service_token']}"},
+                broker_app=broker,
             )
 
 
@@ -177,3 +203,82 @@ async def test_without_the_broker_the_revocation_is_recorded_in_the_database(
     revoked_at, reason = db.one("SELECT revoked_at, revoked_reason FROM federation_certificates")
     assert revoked_at is not None
     assert reason == "grant_revoked"
+
+
+class GatedBackend(LocalBackend):
+    """The real local CA, made slow: it signs only once the test opens the gate (a CA that
+    answers after the caller — a renewal past its deadline — has given up)."""
+
+    def __init__(self, hierarchy: pki.CaHierarchy) -> None:
+        super().__init__(hierarchy)
+        self.entered = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def issue(self, request: IssueRequest) -> Any:
+        self.entered.set()
+        await self.gate.wait()
+        return await super().issue(request)
+
+
+async def test_a_signature_finishing_after_the_revocation_is_refused_not_left_off_the_crl(
+    two_apps: TwoApps,
+) -> None:
+    """The broker signs slowly; meanwhile the grant is revoked (and its live certificates
+    listed and put on the CRL). The late signature's last look sees the revocation: 409
+    grant_not_issuable, nothing recorded — no live certificate of a revoked grant off the CRL."""
+    grant, serial = await two_apps.live_grant()
+    service = two_apps.broker_app.state.ca_service
+    gated = GatedBackend(service.backend.hierarchy)
+    service.backend = gated
+    signing = asyncio.create_task(two_apps.sign(grant))
+    await asyncio.wait_for(gated.entered.wait(), 10)
+    revoked = await two_apps.ok(
+        "PATCH", f"/api/admin/federation/grants/{grant['id']}/revoke", json={"reason": "x"}
+    )
+    assert revoked["certificate_revocations"] == [{"serial": serial, "status": "revoked"}]
+    gated.gate.set()
+    late = await signing
+    assert late.status_code == 409, late.text
+    assert late.json()["error"]["code"] == "grant_not_issuable"
+    assert two_apps.serials_of(grant) == {serial}
+    assert serial in await two_apps.crl_serials()
+
+
+async def test_a_revocation_lists_the_certificates_only_after_signatures_past_their_last_look(
+    two_apps: TwoApps,
+) -> None:
+    """A signature past the broker's last look (it holds the issuance lock, its certificate row
+    not yet committed) when the revocation commits: the revocation waits for it and revokes
+    that certificate too (emulated here: the lock and the row from a connection of the test)."""
+    grant, serial = await two_apps.live_grant()
+    late_serial = uuid.uuid4().hex
+    async with await psycopg.AsyncConnection.connect(sync_url(two_apps.db.url)) as broker_tx:
+        await broker_tx.execute(
+            "SELECT pg_advisory_xact_lock_shared(%s, hashtext(%s))",
+            (NAMESPACE, grant["peer_id"]),
+        )
+        await broker_tx.execute(
+            "INSERT INTO federation_certificates (id, serial, grant_id, peer_id, "
+            "fingerprint_sha256, subject_cn, backend, not_before, not_after) VALUES "
+            "(gen_random_uuid(), %s, %s, %s, %s, 'p', 'local', now(), now() + interval '1 day')",
+            (late_serial, grant["id"], grant["peer_id"], "e" * 64),
+        )
+        revoking = asyncio.create_task(
+            two_apps.ok(
+                "PATCH", f"/api/admin/federation/grants/{grant['id']}/revoke", json={"reason": "x"}
+            )
+        )
+        for _ in range(100):  # until the revocation has committed the grant
+            if two_apps.db.one(
+                "SELECT status FROM federation_grants WHERE id = %s", (grant["id"],)
+            ) == ("revoked",):
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)
+        assert not revoking.done()  # waiting for the signature under way
+        await broker_tx.commit()
+    revoked = await revoking
+    assert sorted(r["serial"] for r in revoked["certificate_revocations"]) == sorted(
+        [serial, late_serial]
+    )
+    assert {late_serial, serial} <= await two_apps.crl_serials()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from cryptography import x509
 from sqlalchemy import select, update
@@ -17,6 +17,7 @@ from ca_broker.schemas import RevokeRequest, RevokeResponse, SignRequest, SignRe
 from fedcore import pki
 from fedcore.csr import COMMON_NAME_RE, validate_csr
 from fedcore.errors import BadRequest, Conflict, NotFound
+from fedcore.issuance_lock import hold_for_issuance
 from fedcore.models import (
     FederationCertificate,
     FederationGrant,
@@ -53,14 +54,9 @@ class CaService:
             )
         now = pki.utcnow()
         # The CA is the last gate: no certificate for a dead grant or peer, whoever asks. (No
-        # row lock here: enrollment holds the grant's lock while it calls us; the verbs re-read
-        # grant and peer on every request anyway.)
-        if grant.status not in (GrantStatus.PENDING, GrantStatus.ACTIVE) or (
-            grant.expires_at is not None and grant.expires_at <= now
-        ):
-            raise Conflict("the grant cannot receive certificates", code="grant_not_issuable")
-        if peer.state not in (PeerState.PENDING, PeerState.ACTIVE):
-            raise Conflict("the peer cannot receive certificates", code="peer_not_issuable")
+        # row lock here: enrollment and renewal hold the grant's lock while they call us, and
+        # a row lock of ours would wait for theirs; the last look below closes the gap.)
+        _refuse_unless_issuable(grant.status, grant.expires_at, peer.state, now)
         if not COMMON_NAME_RE.fullmatch(peer.name):
             # The name becomes the certificate's CN; only plain names may (stops injection
             # through a row written around the admin API).
@@ -81,6 +77,13 @@ class CaService:
         issued = await self.backend.issue(request)
         checked = check_issued(issued, request, self.roots)
         cert = checked.cert
+        # The last look, after the backend signed (which may have taken long: the caller may
+        # even have given up and let go of the grant) and under the issuance lock, held until
+        # the row below commits: a revocation committed by now is seen here, and one committing
+        # later lists this certificate (fedcore.issuance_lock). A refused certificate was
+        # never recorded and never leaves this process.
+        await hold_for_issuance(session, peer.id)
+        await self._last_look(session, grant.id, peer.id)
         record = FederationCertificate(
             serial=pki.serial_hex(cert),
             grant_id=grant.id,
@@ -106,6 +109,22 @@ class CaService:
             not_before=record.not_before,
             not_after=record.not_after,
         )
+
+    @staticmethod
+    async def _last_look(session: AsyncSession, grant_id: uuid.UUID, peer_id: uuid.UUID) -> None:
+        # Columns, not session.get: the session's identity map would hand back the rows as read
+        # before the backend signed.
+        grant = (
+            await session.execute(
+                select(FederationGrant.status, FederationGrant.expires_at).where(
+                    FederationGrant.id == grant_id
+                )
+            )
+        ).one()
+        peer_state = (
+            await session.execute(select(FederationPeer.state).where(FederationPeer.id == peer_id))
+        ).scalar_one()
+        _refuse_unless_issuable(grant.status, grant.expires_at, peer_state, pki.utcnow())
 
     async def _peer_and_grant(
         self, session: AsyncSession, peer_id: uuid.UUID, grant_id: uuid.UUID
@@ -152,3 +171,17 @@ class CaService:
             already_revoked=already,
             crl_number=crl_number,
         )
+
+
+def _refuse_unless_issuable(
+    grant_status: GrantStatus,
+    grant_expires_at: datetime | None,
+    peer_state: PeerState,
+    now: datetime,
+) -> None:
+    if grant_status not in (GrantStatus.PENDING, GrantStatus.ACTIVE) or (
+        grant_expires_at is not None and grant_expires_at <= now
+    ):
+        raise Conflict("the grant cannot receive certificates", code="grant_not_issuable")
+    if peer_state not in (PeerState.PENDING, PeerState.ACTIVE):
+        raise Conflict("the peer cannot receive certificates", code="peer_not_issuable")

@@ -48,6 +48,7 @@ from fedcore.errors import (
     UpstreamUnavailable,
 )
 from fedcore.federation_oids import MalformedFederationIdentity, extract_federation_identity
+from fedcore.issuance_lock import wait_for_issuances
 from fedcore.models import (
     ActorType,
     AuditOutcome,
@@ -208,6 +209,27 @@ async def persist_expired(
         await session.commit()
         log.info("grants expired", extra={"grant_ids": [str(g.id) for g in expired]})
     return expired
+
+
+async def _live_serials_after_issuances(
+    session: AsyncSession,
+    peer_id: uuid.UUID,
+    *,
+    grant_ids: list[uuid.UUID] | None = None,
+    all_of_peer: bool = False,
+) -> list[str]:
+    """The live certificates a committed revocation must revoke, listed once every signature
+    for the peer already past the broker's last look has committed (fedcore.issuance_lock);
+    every later signature sees the revocation and refuses. The lock goes with this short
+    transaction, before any call to the broker."""
+    await wait_for_issuances(session, peer_id)
+    repo = GrantRepository(session)
+    if all_of_peer:
+        serials = await repo.live_certificate_serials(peer_id=peer_id)
+    else:
+        serials = await repo.live_certificate_serials(grant_ids=grant_ids)
+    await session.commit()
+    return serials
 
 
 async def revoke_certificates(
@@ -433,7 +455,7 @@ class PeerService:
         log.info("peer state changed", extra={"peer_id": str(peer_id), "state": target.value})
         certificates: list[schemas.CertificateRevocationOut] = []
         if target is PeerState.REVOKED:
-            serials = await GrantRepository(ctx.session).live_certificate_serials(peer_id=peer_id)
+            serials = await _live_serials_after_issuances(ctx.session, peer_id, all_of_peer=True)
             certificates = await revoke_certificates(ctx, serials, "peer_revoked")
         peer = await PeerRepository(ctx.session).get(peer_id)
         assert peer is not None
@@ -556,7 +578,9 @@ class GrantService:
             )
         await ctx.session.commit()
         log.info("grant revoked", extra={"grant_id": str(grant_id)})
-        serials = await GrantRepository(ctx.session).live_certificate_serials(grant_ids=[grant_id])
+        serials = await _live_serials_after_issuances(
+            ctx.session, grant.peer_id, grant_ids=[grant_id]
+        )
         certificates = await revoke_certificates(ctx, serials, "grant_revoked")
         revoked = await GrantRepository(ctx.session).get(grant_id)
         assert revoked is not None
