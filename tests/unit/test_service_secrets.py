@@ -82,6 +82,43 @@ def test_the_launchers_own_secrets_do_not_leak_into_a_service(
     assert not set(exported.values()) & set(env.values())
 
 
+def test_a_services_own_settings_pass_through_but_nothing_secret_bearing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``FED_VERBS_FANOUT_SOURCE_TIMEOUT_SECONDS=5 make up`` configures the verbs (docs/setup.md);
+    another service's settings, secrets, keys and the database URL never come from the caller."""
+    passed = {
+        "FED_VERBS_FANOUT_SOURCE_TIMEOUT_SECONDS": "5",
+        "FED_VERBS_CIRCUIT_FAILURE_THRESHOLD": "7",
+    }
+    withheld = {
+        "FED_VERBS_SECRETS__PROXY_SECRET": random_secret(),
+        "FED_VERBS_DB__URL": "postgresql+psycopg://evil:x@127.0.0.1:1/x",
+        "FED_VERBS_DB__LOCK_TIMEOUT_MS": "9000",  # DB__: the launcher owns the connection
+        "FED_VERBS_SOME_TOKEN": random_secret(),
+        "FED_VERBS_PROVISIONER_KEY_JSON": random_secret(),
+        "FED_GRANTS_CA_BROKER_TIMEOUT_SECONDS": "9",  # another service's
+    }
+    for key, value in {**passed, **withheld}.items():
+        monkeypatch.setenv(key, value)
+    [spec] = stack.gateway_specs(1, tmp_path)
+    secret = {name: random_secret() for name in (*SECRET_NAMES, "db_password", "ca_key_secret")}
+    env = stack.service_environment(spec, secret, "verbs")
+    assert {key: env.get(key) for key in passed} == passed
+    assert env["FED_VERBS_SECRETS__PROXY_SECRET"] == secret["proxy_secret"]  # the launcher's
+    assert "evil" not in env["FED_VERBS_DB__URL"]
+    for key in (
+        "FED_VERBS_DB__LOCK_TIMEOUT_MS",
+        "FED_VERBS_SOME_TOKEN",
+        "FED_VERBS_PROVISIONER_KEY_JSON",
+        "FED_GRANTS_CA_BROKER_TIMEOUT_SECONDS",
+    ):
+        assert key not in env
+    # A setting the launcher sets itself wins over the caller's.
+    monkeypatch.setenv("FED_VERBS_BIND_PORT", "1")
+    assert stack.service_environment(spec, secret, "verbs")["FED_VERBS_BIND_PORT"] != "1"
+
+
 @pytest.mark.parametrize("service", sorted(NEEDS))
 def test_a_service_refuses_to_start_without_a_secret_it_uses(service: str) -> None:
     assert build(service, NEEDS[service]).unused_secrets() == []

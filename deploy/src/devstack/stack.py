@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import socket
 import sys
@@ -142,6 +143,11 @@ def _load_or_make_secrets(spec: GatewaySpec) -> dict[str, str]:
     return values
 
 
+# Setting names that carry secrets (SECRETS__*, CA_KEY_SECRET, *_PASSWORD, provisioner keys, …)
+# or the database URL (its password): never taken from the caller's environment.
+_SECRET_BEARING = re.compile(r"SECRET|PASSWORD|TOKEN|KEY|DB__", re.IGNORECASE)
+
+
 def service_environment(spec: GatewaySpec, secret: dict[str, str], service: str) -> dict[str, str]:
     prefix = ENV_PREFIX[service]
     db_url = spec.postgres.url(secret["db_password"], "mosaic")
@@ -153,6 +159,16 @@ def service_environment(spec: GatewaySpec, secret: dict[str, str], service: str)
         for key, value in os.environ.items()
         if not key.startswith(("FED_", "MOSAIC_")) and key not in {"PYTHONPATH"}
     }
+    # ... plus the caller's settings for this service alone (its own prefix, e.g.
+    # FED_VERBS_FANOUT_SOURCE_TIMEOUT_SECONDS), never anything secret-bearing: the launcher
+    # makes every secret itself, and what it sets below wins.
+    env.update(
+        {
+            key: value
+            for key, value in os.environ.items()
+            if key.startswith(prefix) and not _SECRET_BEARING.search(key.removeprefix(prefix))
+        }
+    )
     env.update(
         {
             f"{prefix}BIND_HOST": spec.host,
