@@ -10,10 +10,15 @@ PYTEST_ARGS ?=
 help:
 	@echo "make up        start $(GATEWAYS) gateway(s) natively (GATEWAYS=2 for two)"
 	@echo "make down      stop everything 'make up' started"
+	@echo "make status    what 'make up' started, and whether it answers"
+	@echo "make demo      two gateways and the whole federation story, narrated"
 	@echo "make test      env + lint + type check + the whole suite (real Postgres, real nginx)"
-	@echo "make lint      ruff + mypy --strict"
+	@echo "make test-fast the unit tests only"
+	@echo "make lint      ruff + mypy --strict (make fmt: format and fix)"
 	@echo "make bench     benchmarks (reported as ratios; not part of make test)"
 	@echo "make stepca    build the step-ca binaries from Debian's Go sources"
+	@echo "make env       create the Python env (uv sync); every target does it first"
+	@echo "make clean     make down, then remove .devstack and .cache"
 
 env: .venv/.synced
 

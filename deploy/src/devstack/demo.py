@@ -17,6 +17,7 @@ import os
 import re
 import secrets
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -317,6 +318,8 @@ def run_demo(state_root: Path, first_host: str, out: TextIO | None = None) -> in
         demo.say(f"demo failed at step {demo.step_no}: {exc}")
         demo.say(f"Logs: {state_root}/<a|b>/logs. Stop the gateways with: {_stop_hint(state_root)}")
         return 1
+    finally:
+        shutil.rmtree(demo.folder, ignore_errors=True)  # its scratch files (the scope JSON)
     demo.say()
     demo.say("Done. Both gateways are still running (state files under " + f"{state_root}/).")
     where = "" if _stop_hint(state_root) == "make down" else f"MOSAIC_STATE_ROOT={state_root} "

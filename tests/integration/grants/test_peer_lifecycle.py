@@ -105,7 +105,12 @@ async def test_illegal_transitions_are_409_and_change_nothing(
     peer = await harness.peer()
     force_state(harness, peer["id"], start)
     before = harness.db.snapshot("federation_peers", peer["id"])
-    assert_error(await change(harness, peer["id"], target), 409, "invalid_transition")
+    refused = assert_error(await change(harness, peer["id"], target), 409, "invalid_transition")
+    assert refused["message"] in {
+        "the peer is revoked; revoked is terminal",
+        "a pending peer becomes active only by enrolling",
+        f"{'an' if start == 'active' else 'a'} {start} peer cannot become {target}",
+    }
     assert harness.db.snapshot("federation_peers", peer["id"]) == before
     denied = [r for r in harness.db.audit() if r["outcome"] == "denied"]
     assert len(denied) == 1

@@ -471,7 +471,8 @@ def _peer_refusal(current: PeerState, target: PeerState) -> str:
         return "the peer is revoked; revoked is terminal"
     if current is PeerState.PENDING and target is PeerState.ACTIVE:
         return "a pending peer becomes active only by enrolling"
-    return f"a {current.value} peer cannot become {target.value}"
+    article = "an" if current.value[0] in "aeiou" else "a"
+    return f"{article} {current.value} peer cannot become {target.value}"
 
 
 # ------------------------------------------------------------------------------ grants, tokens

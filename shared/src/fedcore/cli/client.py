@@ -71,6 +71,20 @@ class ApiError(Refused):
         self.body = body
 
     @property
+    def fields(self) -> list[str]:
+        """A validation error's fields as ``path: message`` (the server never echoes values)."""
+        error = self.body.get("error") if isinstance(self.body, dict) else None
+        found = error.get("fields") if isinstance(error, dict) else None
+        if not isinstance(found, list):
+            return []
+        lines = []
+        for field in found:
+            if isinstance(field, dict):
+                path = ".".join(str(part) for part in field.get("loc", []) if part != "body")
+                lines.append(f"{path or '(body)'}: {field.get('msg', '')}")
+        return lines
+
+    @property
     def request_id(self) -> str | None:
         if isinstance(self.body, dict):
             error = self.body.get("error")

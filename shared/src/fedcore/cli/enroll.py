@@ -48,6 +48,11 @@ def parse_enrollment_url(url: str) -> EnrollmentUrl:
     if parts.scheme != "https" or not parts.hostname:
         raise ConfigError("the enrollment URL must be an https URL")
     if not _ENROLL_PATH_RE.match(parts.path):
+        if parts.path.startswith("/api/federation/v1/enrollment/"):
+            raise ConfigError(
+                "the enrollment URL's token is malformed (64 lowercase hex characters expected;"
+                " was the URL cut off or changed?)"
+            )
         raise ConfigError("the enrollment URL has no /api/federation/v1/enrollment/<token> path")
     fragment = urllib.parse.parse_qs(parts.fragment)
     pins = fragment.get("ca_fp", [])

@@ -83,6 +83,8 @@ def print_error(error: Exception, as_json: bool) -> None:
             print_json(error.body)
         suffix = f" (request {error.request_id})" if error.request_id else ""
         print(f"error: {error.code}: {error.message}{suffix}", file=sys.stderr)
+        for field in error.fields:  # which input was wrong (422): its path and the rule
+            print(f"  {field}", file=sys.stderr)
     elif isinstance(error, Refused):
         if as_json:
             print_json({"error": {"code": error.code, "message": error.message}})
