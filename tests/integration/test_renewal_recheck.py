@@ -298,3 +298,37 @@ async def test_a_second_renewal_of_the_grant_fails_at_once_instead_of_queueing(
         "SELECT serial FROM federation_certificates WHERE grant_id = %s",
         (fx.grant_id,),
     ) == [(serial,)]
+
+
+async def test_a_renewal_meeting_a_lock_on_its_peer_fails_at_once(migrated_db_url: str) -> None:
+    """The peer's row is locked first (the order enrollment and a peer's revocation use) and
+    without queueing: an enrollment of another grant or a peer revocation under way makes the
+    renewal fail at once (``503 database_busy``), the CA never asked, nothing changed."""
+    fx = await create_grant_fixture(migrated_db_url, status=GrantStatus.ACTIVE)
+    serial, now = uuid.uuid4().hex, pki.utcnow()
+    _record_certificate(migrated_db_url, fx, serial, now)
+    broker = RecordingBroker()
+    renewer = Renewer(cast(CaBrokerClient, broker), max_live_certificates=3)
+    engine = create_engine(PostgresSettings(url=SecretStr(migrated_db_url)))
+    libpq_url = migrated_db_url.replace("postgresql+psycopg://", "postgresql://")
+    try:
+        async with await psycopg.AsyncConnection.connect(libpq_url) as holder:
+            await holder.execute(
+                "SELECT id FROM federation_peers WHERE id = %s FOR NO KEY UPDATE", (fx.peer_id,)
+            )
+            async with create_sessionmaker(engine)() as session:
+                with pytest.raises(sqlalchemy.exc.OperationalError) as refused:
+                    await asyncio.wait_for(
+                        renewer.renew(
+                            session, _context(fx, serial, now), RenewRequest(csr_pem="x")
+                        ),
+                        1.0,
+                    )
+                await session.rollback()
+            await holder.rollback()
+    finally:
+        await engine.dispose()
+    busy = contention_error(refused.value)
+    assert busy is not None
+    assert (busy.status_code, busy.code) == (503, "database_busy")
+    assert broker.calls == 0

@@ -244,12 +244,14 @@ async def test_a_signature_finishing_after_the_revocation_is_refused_not_left_of
     assert serial in await two_apps.crl_serials()
 
 
+@pytest.mark.parametrize("revoked", ["grant", "peer"])
 async def test_a_revocation_lists_the_certificates_only_after_signatures_past_their_last_look(
-    two_apps: TwoApps,
+    two_apps: TwoApps, revoked: str
 ) -> None:
     """A signature past the broker's last look (it holds the issuance lock, its certificate row
-    not yet committed) when the revocation commits: the revocation waits for it and revokes
-    that certificate too (emulated here: the lock and the row from a connection of the test)."""
+    not yet committed) when the revocation commits: the revocation — of the grant or of the
+    whole peer — waits for it and revokes that certificate too (emulated here: the lock and the
+    row from a connection of the test)."""
     grant, serial = await two_apps.live_grant()
     late_serial = uuid.uuid4().hex
     async with await psycopg.AsyncConnection.connect(sync_url(two_apps.db.url)) as broker_tx:
@@ -263,11 +265,17 @@ async def test_a_revocation_lists_the_certificates_only_after_signatures_past_th
             "(gen_random_uuid(), %s, %s, %s, %s, 'p', 'local', now(), now() + interval '1 day')",
             (late_serial, grant["id"], grant["peer_id"], "e" * 64),
         )
-        revoking = asyncio.create_task(
-            two_apps.ok(
+        if revoked == "grant":
+            call = two_apps.ok(
                 "PATCH", f"/api/admin/federation/grants/{grant['id']}/revoke", json={"reason": "x"}
             )
-        )
+        else:
+            call = two_apps.ok(
+                "PATCH",
+                f"/api/admin/federation/peers/{grant['peer_id']}/state",
+                json={"state": "revoked"},
+            )
+        revoking = asyncio.create_task(call)
         for _ in range(100):  # until the revocation has committed the grant
             if two_apps.db.one(
                 "SELECT status FROM federation_grants WHERE id = %s", (grant["id"],)
@@ -277,8 +285,30 @@ async def test_a_revocation_lists_the_certificates_only_after_signatures_past_th
         await asyncio.sleep(0.3)
         assert not revoking.done()  # waiting for the signature under way
         await broker_tx.commit()
-    revoked = await revoking
-    assert sorted(r["serial"] for r in revoked["certificate_revocations"]) == sorted(
+    answer = await revoking
+    assert sorted(r["serial"] for r in answer["certificate_revocations"]) == sorted(
         [serial, late_serial]
     )
     assert {late_serial, serial} <= await two_apps.crl_serials()
+
+
+async def test_a_late_signature_never_outlives_an_expiry_brought_forward_meanwhile(
+    two_apps: TwoApps,
+) -> None:
+    """The lifetime is capped at the grant's expiry before signing; the last look checks the
+    signed certificate against the expiry as it is now (409, nothing recorded)."""
+    grant, serial = await two_apps.live_grant()
+    service = two_apps.broker_app.state.ca_service
+    gated = GatedBackend(service.backend.hierarchy)
+    service.backend = gated
+    signing = asyncio.create_task(two_apps.sign(grant))
+    await asyncio.wait_for(gated.entered.wait(), 10)
+    two_apps.db.execute(
+        "UPDATE federation_grants SET expires_at = now() + interval '1 hour' WHERE id = %s",
+        (grant["id"],),
+    )  # the default lifetime is a day
+    gated.gate.set()
+    late = await signing
+    assert late.status_code == 409, late.text
+    assert late.json()["error"]["code"] == "grant_not_issuable"
+    assert two_apps.serials_of(grant) == {serial}

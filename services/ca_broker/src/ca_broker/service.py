@@ -83,7 +83,7 @@ class CaService:
         # later lists this certificate (fedcore.issuance_lock). A refused certificate was
         # never recorded and never leaves this process.
         await hold_for_issuance(session, peer.id)
-        await self._last_look(session, grant.id, peer.id)
+        await self._last_look(session, grant.id, peer.id, cert.not_valid_after_utc)
         record = FederationCertificate(
             serial=pki.serial_hex(cert),
             grant_id=grant.id,
@@ -111,7 +111,9 @@ class CaService:
         )
 
     @staticmethod
-    async def _last_look(session: AsyncSession, grant_id: uuid.UUID, peer_id: uuid.UUID) -> None:
+    async def _last_look(
+        session: AsyncSession, grant_id: uuid.UUID, peer_id: uuid.UUID, not_after: datetime
+    ) -> None:
         # Columns, not session.get: the session's identity map would hand back the rows as read
         # before the backend signed.
         grant = (
@@ -125,6 +127,10 @@ class CaService:
             await session.execute(select(FederationPeer.state).where(FederationPeer.id == peer_id))
         ).scalar_one()
         _refuse_unless_issuable(grant.status, grant.expires_at, peer_state, pki.utcnow())
+        if grant.expires_at is not None and not_after > grant.expires_at:
+            # The lifetime was capped before signing; a backend that signed late (its own
+            # clock) or an expiry brought forward meanwhile must not let it outlive the grant.
+            raise Conflict("the certificate would outlive its grant", code="grant_not_issuable")
 
     async def _peer_and_grant(
         self, session: AsyncSession, peer_id: uuid.UUID, grant_id: uuid.UUID

@@ -223,11 +223,9 @@ async def _live_serials_after_issuances(
     every later signature sees the revocation and refuses. The lock goes with this short
     transaction, before any call to the broker."""
     await wait_for_issuances(session, peer_id)
-    repo = GrantRepository(session)
-    if all_of_peer:
-        serials = await repo.live_certificate_serials(peer_id=peer_id)
-    else:
-        serials = await repo.live_certificate_serials(grant_ids=grant_ids)
+    serials = await GrantRepository(session).live_certificate_serials(
+        peer_id=peer_id, grant_ids=None if all_of_peer else (grant_ids or [])
+    )
     await session.commit()
     return serials
 

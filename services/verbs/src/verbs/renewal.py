@@ -8,11 +8,11 @@ or peers (``409 grant_not_issuable`` / ``peer_not_issuable``), and caps the life
 grant's expiry. The peer's current-certificate fields move to the new certificate; the old one
 stays valid until it expires (calls in flight keep working) and is revoked with the grant.
 
-Lock: the grant's row stays locked (``FOR NO KEY UPDATE``) from the count until the new
-certificate is recorded, the CA's signature included, so renewals of one grant cannot overshoot
-the bound below. A revocation of the grant waits for that lock, so the CA gets
+Lock: the peer's and the grant's rows stay locked (``FOR NO KEY UPDATE``) from the count until
+the new certificate is recorded, the CA's signature included, so renewals of one grant cannot
+overshoot the bound below. A revocation waits for those locks, so the CA gets
 ``renewal_sign_deadline_seconds`` (a second below the lock timeout, checked at start) and not a
-moment more, and renewals never queue for the lock (``NOWAIT``): a stalled CA fails the renewal
+moment more, and renewals never queue for the locks (``NOWAIT``): a stalled CA fails the renewal
 (``503 ca_unavailable``), it never makes a revoke time out.
 
 Bound: while a grant already has ``max_live_certificates_per_grant`` unexpired, unrevoked
@@ -47,7 +47,7 @@ class Renewer:
     async def renew(
         self, session: AsyncSession, context: FederationContext, body: RenewRequest
     ) -> VerbResult:
-        await repository.lock_grant(session, context.grant_id)
+        await repository.lock_for_renewal(session, context.peer_id, context.grant_id)
         # Under the grant's lock: the presented certificate may have been revoked (on its own,
         # the grant still active) since the trust path read it; a revoked one mints nothing.
         if await repository.certificate_revoked(session, context.cert.serial):
@@ -71,8 +71,9 @@ class Renewer:
                 )
         except TimeoutError:
             # This transaction records nothing and lets go of the grant. The broker may still
-            # finish: its certificate (never handed out) counts as live until it expires, and if
-            # the grant is revoked meanwhile it can miss the CRL (docs/renewal.md, "A slow CA").
+            # finish: its certificate (never handed out) counts as live until it expires; a
+            # revocation meanwhile makes the broker refuse it or lists it for the CRL
+            # (fedcore.issuance_lock).
             raise CaUnavailable("the CA did not answer in time") from None
         await repository.record_peer_certificate(
             session,

@@ -24,6 +24,7 @@ from fedcore.models import (
 
 CERTS = FederationCertificate.__table__
 GRANTS = FederationGrant.__table__
+PEERS = FederationPeer.__table__
 USERS = User.__table__
 
 
@@ -67,17 +68,23 @@ async def connection_by_name(session: AsyncSession, name: str) -> Any | None:
 # ------------------------------------------------------------------------------ renewal
 
 
-async def lock_grant(session: AsyncSession, grant_id: uuid.UUID) -> None:
-    """Serialise renewals of one grant (count, then sign) until this transaction ends.
+async def lock_for_renewal(session: AsyncSession, peer_id: uuid.UUID, grant_id: uuid.UUID) -> None:
+    """Serialise renewals of one grant (count, then sign, then move the peer's record) until this
+    transaction ends: the peer's row, then the grant's — the order enrollment and a peer's
+    revocation take them in, so a renewal cannot deadlock with either.
 
-    ``FOR NO KEY UPDATE``: the broker's certificate insert takes ``FOR KEY SHARE`` on the grant
-    (foreign key) in its own transaction while this one waits for it; ``FOR UPDATE`` would
-    deadlock the two until the statement timeout.
+    ``FOR NO KEY UPDATE``: the broker's certificate insert takes ``FOR KEY SHARE`` on both rows
+    (foreign keys) in its own transaction while this one waits for it; ``FOR UPDATE`` would
+    deadlock the two until the statement timeout. The peer's row is written at the end (its
+    current certificate), so it is locked up front, not waited for after the CA signed.
 
-    ``NOWAIT``: a renewal never queues for the lock. Queued renewals would each hold it for up to
-    the CA deadline in turn, and a revocation behind them would wait for all of them and time
-    out; so a second renewal of the same grant (or one meeting a revocation under way) fails at
-    once (``503 database_busy``, Retry-After) and a revocation waits for one renewal at most."""
+    ``NOWAIT``: a renewal never queues for either lock. Queued renewals would each hold them for
+    up to the CA deadline in turn, and a revocation behind them would wait for all of them and
+    time out; so a renewal meeting another renewal, an enrollment or a revocation under way fails
+    at once (``503 database_busy``, Retry-After) and a revocation waits for one renewal at most."""
+    await session.execute(
+        select(PEERS.c.id).where(PEERS.c.id == peer_id).with_for_update(key_share=True, nowait=True)
+    )
     await session.execute(
         select(GRANTS.c.id)
         .where(GRANTS.c.id == grant_id)

@@ -95,7 +95,7 @@ class Settings(ServiceSettings):
         # default in every service): a renewal must let go first, however slow the CA is, or a
         # peer renewing in a loop against a stalled CA could keep its grant from being revoked.
         # The lock is also held for the checks before signing and the writes after it: keep a
-        # second of headroom (renewals never queue for it: repository.lock_grant, NOWAIT).
+        # second of headroom (renewals never queue for it: repository.lock_for_renewal, NOWAIT).
         if self.renewal_sign_deadline_seconds * 1000 + RENEWAL_LOCK_HEADROOM_MS > (
             self.db.lock_timeout_ms
         ):
