@@ -269,6 +269,43 @@ async def test_crl_is_regenerated_before_it_lapses(broker: Broker) -> None:
     assert publisher.current.next_update > pki.utcnow() + timedelta(hours=23)
 
 
+@pytest.mark.parametrize(
+    ("revoke_sql", "reason"),
+    [
+        ("UPDATE federation_grants SET status = 'revoked' WHERE id = %s", "grant_revoked"),
+        (
+            "UPDATE federation_peers SET state = 'revoked' WHERE id = "
+            "(SELECT peer_id FROM federation_grants WHERE id = %s)",
+            "peer_revoked",
+        ),
+    ],
+    ids=["grant", "peer"],
+)
+async def test_the_refresher_revokes_certificates_a_revocation_left_live(
+    broker: Broker, revoke_sql: str, reason: str
+) -> None:
+    """A revocation commits first and revokes its certificates after; if that step never
+    finishes (the grants service died), the broker's refresher still puts them on the CRL."""
+    fx = await create_grant_fixture(broker.database_url)
+    other = await create_grant_fixture(broker.database_url)
+    cert = await _sign(broker, fx)
+    bystander = await _sign(broker, other)
+    with _sql(broker.database_url) as conn:
+        conn.execute(revoke_sql, (fx.grant_id,))  # committed; its certificate step never ran
+    publisher: CrlPublisher = broker.app.state.ca_service.crl
+    await publisher.refresh_if_needed()
+    with _sql(broker.database_url) as conn:
+        rows = dict(
+            conn.execute("SELECT serial, revoked_reason FROM federation_certificates").fetchall()
+        )
+    assert rows == {pki.serial_hex(cert): reason, pki.serial_hex(bystander): None}
+    assert publisher.current is not None
+    assert publisher.current.revoked_serials == {pki.serial_hex(cert)}
+    crl = x509.load_pem_x509_crl(publisher.current.pem.encode())
+    assert crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
+    assert crl.get_revoked_certificate_by_serial_number(bystander.serial_number) is None
+
+
 async def test_ca_private_keys_are_ciphertext_at_rest(broker: Broker) -> None:
     with _sql(broker.database_url) as conn:
         rows = conn.execute("SELECT role, sealed_private_key FROM ca_keypairs").fetchall()

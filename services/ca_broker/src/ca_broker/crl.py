@@ -58,6 +58,32 @@ async def revoked_serials(session: AsyncSession) -> list[tuple[str, datetime]]:
     return [(serial, revoked_at) for serial, revoked_at in rows.all() if revoked_at is not None]
 
 
+# Live certificates whose grant or peer is revoked: the revocation's own step (list them, have
+# the broker revoke each) runs after it committed, and can fail or be cut short (the grants
+# service dies, the database goes away); revoking again is a 409, so nothing would retry it.
+_SWEEP_ORPHANS = text(
+    """
+    UPDATE federation_certificates c
+       SET revoked_at = now(),
+           revoked_reason = CASE WHEN p.state = 'revoked' THEN 'peer_revoked'
+                                 ELSE 'grant_revoked' END
+      FROM federation_grants g, federation_peers p
+     WHERE c.grant_id = g.id AND c.peer_id = p.id
+       AND c.revoked_at IS NULL
+       AND (g.status = 'revoked' OR p.state = 'revoked')
+    RETURNING c.serial
+    """
+)
+
+
+async def revoke_certificates_of_revoked_grants(session: AsyncSession) -> list[str]:
+    """Record as revoked every live certificate of a revoked grant or peer (the backstop for a
+    revocation whose certificate step never finished); the serials revoked now."""
+    serials = [str(serial) for serial in (await session.execute(_SWEEP_ORPHANS)).scalars()]
+    await session.commit()
+    return sorted(serials)
+
+
 class CrlPublisher:
     def __init__(
         self,
@@ -111,6 +137,13 @@ class CrlPublisher:
             return self.current
 
     async def refresh_if_needed(self) -> None:
+        async with self.sessionmaker() as session:
+            swept = await revoke_certificates_of_revoked_grants(session)
+        if swept:
+            log.warning(
+                "revoked certificates a revocation had left live",
+                extra={"serials": swept, "count": len(swept)},
+            )
         current = self.current
         if current is None or current.next_update - pki.utcnow() < self.validity / 2:
             await self.publish()
