@@ -29,7 +29,8 @@ def test_a_validation_error_names_its_fields_in_table_mode(
             ],
         }
     }
-    print_error(ApiError(422, "validation_error", body["error"]["message"], body), as_json=False)
+    message = "request body or parameters are invalid"
+    print_error(ApiError(422, "validation_error", message, body), as_json=False)
     assert capsys.readouterr().err.splitlines() == [
         "error: validation_error: request body or parameters are invalid (request r1)",
         "  ttl_seconds: Input should be less than or equal to 900",

@@ -295,9 +295,12 @@ async def test_the_refresher_revokes_certificates_a_revocation_left_live(
     publisher: CrlPublisher = broker.app.state.ca_service.crl
     await publisher.refresh_if_needed()
     with _sql(broker.database_url) as conn:
-        rows = dict(
-            conn.execute("SELECT serial, revoked_reason FROM federation_certificates").fetchall()
-        )
+        rows = {
+            serial: revoked_reason
+            for serial, revoked_reason in conn.execute(
+                "SELECT serial, revoked_reason FROM federation_certificates"
+            ).fetchall()
+        }
     assert rows == {pki.serial_hex(cert): reason, pki.serial_hex(bystander): None}
     assert publisher.current is not None
     assert publisher.current.revoked_serials == {pki.serial_hex(cert)}
