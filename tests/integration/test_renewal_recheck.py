@@ -307,6 +307,9 @@ async def test_a_renewal_meeting_a_lock_on_its_peer_fails_at_once(migrated_db_ur
     fx = await create_grant_fixture(migrated_db_url, status=GrantStatus.ACTIVE)
     serial, now = uuid.uuid4().hex, pki.utcnow()
     _record_certificate(migrated_db_url, fx, serial, now)
+    peer_before = fetch_all(
+        migrated_db_url, "SELECT cert_serial FROM federation_peers WHERE id = %s", (fx.peer_id,)
+    )
     broker = RecordingBroker()
     renewer = Renewer(cast(CaBrokerClient, broker), max_live_certificates=3)
     engine = create_engine(PostgresSettings(url=SecretStr(migrated_db_url)))
@@ -332,3 +335,14 @@ async def test_a_renewal_meeting_a_lock_on_its_peer_fails_at_once(migrated_db_ur
     assert busy is not None
     assert (busy.status_code, busy.code) == (503, "database_busy")
     assert broker.calls == 0
+    assert (
+        fetch_all(
+            migrated_db_url, "SELECT cert_serial FROM federation_peers WHERE id = %s", (fx.peer_id,)
+        )
+        == peer_before
+    )
+    assert fetch_all(
+        migrated_db_url,
+        "SELECT serial FROM federation_certificates WHERE grant_id = %s",
+        (fx.grant_id,),
+    ) == [(serial,)]

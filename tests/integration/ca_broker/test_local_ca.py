@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+import ca_broker.crl
 from ca_broker.backends import IssuedChain, IssueRequest
 from ca_broker.backends.local import LocalBackend
 from ca_broker.crl import CrlPublisher
@@ -307,6 +308,49 @@ async def test_the_refresher_revokes_certificates_a_revocation_left_live(
     crl = x509.load_pem_x509_crl(publisher.current.pem.encode())
     assert crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
     assert crl.get_revoked_certificate_by_serial_number(bystander.serial_number) is None
+
+
+@pytest.mark.parametrize(
+    "state_sql",
+    [
+        "UPDATE federation_grants SET status = 'expired' WHERE id = %s",
+        "UPDATE federation_grants SET status = 'pending' WHERE id = %s",
+        "UPDATE federation_peers SET state = 'suspended' WHERE id = "
+        "(SELECT peer_id FROM federation_grants WHERE id = %s)",
+    ],
+    ids=["expired-grant", "pending-grant", "suspended-peer"],
+)
+async def test_the_refresher_leaves_certificates_of_grants_that_are_not_revoked(
+    broker: Broker, state_sql: str
+) -> None:
+    fx = await create_grant_fixture(broker.database_url)
+    cert = await _sign(broker, fx)
+    with _sql(broker.database_url) as conn:
+        conn.execute(state_sql, (fx.grant_id,))
+    publisher: CrlPublisher = broker.app.state.ca_service.crl
+    await publisher.refresh_if_needed()
+    assert [row[5] for row in _certificate_rows(broker.database_url)] == [None]
+    assert publisher.current is not None
+    assert pki.serial_hex(cert) not in publisher.current.revoked_serials
+
+
+async def test_a_failing_sweep_does_not_stop_the_crl_refresh(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CRL must never lapse (nginx would refuse every handshake): a sweep that fails is
+    logged and the refresh goes on."""
+
+    async def broken(_: object) -> list[str]:
+        raise RuntimeError("database away")
+
+    monkeypatch.setattr(ca_broker.crl, "revoke_certificates_of_revoked_grants", broken)
+    publisher: CrlPublisher = broker.app.state.ca_service.crl
+    first = publisher.current
+    assert first is not None
+    publisher.current = replace(first, next_update=pki.utcnow() + timedelta(minutes=1))
+    await publisher.refresh_if_needed()
+    assert publisher.current is not None
+    assert publisher.current.crl_number > first.crl_number
 
 
 async def test_ca_private_keys_are_ciphertext_at_rest(broker: Broker) -> None:

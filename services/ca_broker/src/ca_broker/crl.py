@@ -137,12 +137,16 @@ class CrlPublisher:
             return self.current
 
     async def refresh_if_needed(self) -> None:
-        async with self.sessionmaker() as session:
-            swept = await revoke_certificates_of_revoked_grants(session)
+        try:
+            async with self.sessionmaker() as session:
+                swept = await revoke_certificates_of_revoked_grants(session)
+        except Exception as exc:  # never at the cost of the CRL's own refresh (nginx needs it)
+            log.error("certificate sweep failed", extra={"error": type(exc).__name__})
+            swept = []
         if swept:
             log.warning(
                 "revoked certificates a revocation had left live",
-                extra={"serials": swept, "count": len(swept)},
+                extra={"serials": swept[:20], "count": len(swept)},
             )
         current = self.current
         if current is None or current.next_update - pki.utcnow() < self.validity / 2:

@@ -127,9 +127,10 @@ class CaService:
             await session.execute(select(FederationPeer.state).where(FederationPeer.id == peer_id))
         ).scalar_one()
         _refuse_unless_issuable(grant.status, grant.expires_at, peer_state, pki.utcnow())
-        if grant.expires_at is not None and not_after > grant.expires_at:
-            # The lifetime was capped before signing; a backend that signed late (its own
-            # clock) or an expiry brought forward meanwhile must not let it outlive the grant.
+        if grant.expires_at is not None and not_after > grant.expires_at + _EXPIRY_SLACK:
+            # The lifetime was capped before signing; an expiry brought forward meanwhile must
+            # not let the certificate outlive the grant. (Slack: the backend adds the capped
+            # lifetime to its own, later clock; the trust path refuses an expired grant anyway.)
             raise Conflict("the certificate would outlive its grant", code="grant_not_issuable")
 
     async def _peer_and_grant(
@@ -177,6 +178,9 @@ class CaService:
             already_revoked=already,
             crl_number=crl_number,
         )
+
+
+_EXPIRY_SLACK = timedelta(minutes=1)
 
 
 def _refuse_unless_issuable(
