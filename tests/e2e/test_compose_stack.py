@@ -81,6 +81,8 @@ def compose_env(docker_engine: str, docker_ip: str) -> Iterator[dict[str, str]]:
     """The variables docker-compose.yml requires, set for the compose commands of this run."""
     values = {
         "MOSAIC_DB_PASSWORD": secrets.token_urlsafe(24),
+        "MOSAIC_APP_DB_PASSWORD": secrets.token_urlsafe(32),
+        "MOSAIC_CA_KEY_SECRET": secrets.token_urlsafe(48),
         "MOSAIC_GATEWAY_SECRET": secrets.token_urlsafe(48),
         "MOSAIC_PROXY_SECRET": secrets.token_urlsafe(48),
         "MOSAIC_SERVICE_TOKEN": secrets.token_urlsafe(48),

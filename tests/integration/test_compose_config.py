@@ -31,6 +31,7 @@ import yaml
 from pydantic import BaseModel, SecretStr
 from pydantic_settings import BaseSettings
 
+from fedcore.db_roles import DEFAULT_APP_ROLE
 from fedcore.settings import ServiceSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -601,7 +602,8 @@ def test_the_one_shots_run_migrations_the_admin_token_and_the_ca_init() -> None:
     services = services_of(rendered("default"))
     migrate = services["migrate"]
     assert full_command(migrate) == ["python", "-m", "devstack.bootstrap", "migrate"]
-    assert env_of(migrate)["MOSAIC_DATABASE_URL"].startswith("postgresql+psycopg://")
+    assert env_of(migrate)["MOSAIC_DATABASE_URL"].startswith("postgresql+psycopg://mosaic:")
+    assert env_of(migrate)["MOSAIC_APP_DB_PASSWORD"]  # it creates the services' role
     admin = services["admin-token"]
     assert full_command(admin) == ["python", "-m", "devstack.bootstrap", "admin-token"]
     assert {"MOSAIC_DATABASE_URL", "MOSAIC_ADMIN_TOKEN"} <= set(env_of(admin))
@@ -610,6 +612,26 @@ def test_the_one_shots_run_migrations_the_admin_token_and_the_ca_init() -> None:
     assert f"pki:{pki_dir}" in services["ca-init"]["volumes"], "ca-init must write into `pki`"
     for name in ("migrate", "admin-token", "ca-init"):
         assert services[name].get("restart") == "no", f"{name} is one-shot: restart must be no"
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_the_services_connect_as_the_app_role_and_only_the_one_shots_as_the_owner(
+    variant: str,
+) -> None:
+    """fedcore.db_roles: the services get rows, not the schema (the owner's URL and password
+    reach only the migrate and admin-token one-shots)."""
+    services = services_of(rendered(variant))
+    owner_password = env_of(services["postgres"])["POSTGRES_PASSWORD"]
+    for name, service in services.items():
+        env = env_of(service)
+        urls = [value for key, value in env.items() if key.endswith("DB__URL")]
+        if name in ("migrate", "admin-token"):
+            assert env["MOSAIC_DATABASE_URL"].startswith("postgresql+psycopg://mosaic:")
+            continue
+        assert all(url.startswith(f"postgresql+psycopg://{DEFAULT_APP_ROLE}:") for url in urls)
+        if name != "postgres":
+            assert owner_password not in env.values(), f"{variant}: {name} has the owner's password"
+            assert not any(owner_password in value for value in env.values()), name
 
 
 def test_services_that_read_pki_files_mount_the_pki_volume(model: dict[str, Any]) -> None:

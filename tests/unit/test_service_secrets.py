@@ -52,7 +52,10 @@ def test_each_service_declares_what_it_uses_and_the_launcher_passes_exactly_that
     assert settings_class(service).needs_secrets == NEEDS[service]
     assert set(stack.SERVICE_SECRETS[service]) == NEEDS[service]
     [spec] = stack.gateway_specs(1, tmp_path)
-    secret = {name: random_secret() for name in (*SECRET_NAMES, "db_password", "ca_key_secret")}
+    secret = {
+        name: random_secret()
+        for name in (*SECRET_NAMES, "db_password", "app_db_password", "ca_key_secret")
+    }
     env = stack.service_environment(spec, secret, service)
     prefix = stack.ENV_PREFIX[service]
     given = {k.removeprefix(f"{prefix}SECRETS__").lower() for k in env if "SECRETS__" in k}
@@ -76,7 +79,10 @@ def test_the_launchers_own_secrets_do_not_leak_into_a_service(
     for key, value in exported.items():
         monkeypatch.setenv(key, value)
     [spec] = stack.gateway_specs(1, tmp_path)
-    secret = {name: random_secret() for name in (*SECRET_NAMES, "db_password", "ca_key_secret")}
+    secret = {
+        name: random_secret()
+        for name in (*SECRET_NAMES, "db_password", "app_db_password", "ca_key_secret")
+    }
     env = stack.service_environment(spec, secret, "enrollment")
     assert not set(exported) & set(env)
     assert not set(exported.values()) & set(env.values())
@@ -102,7 +108,10 @@ def test_a_services_own_settings_pass_through_but_nothing_secret_bearing(
     for key, value in {**passed, **withheld}.items():
         monkeypatch.setenv(key, value)
     [spec] = stack.gateway_specs(1, tmp_path)
-    secret = {name: random_secret() for name in (*SECRET_NAMES, "db_password", "ca_key_secret")}
+    secret = {
+        name: random_secret()
+        for name in (*SECRET_NAMES, "db_password", "app_db_password", "ca_key_secret")
+    }
     env = stack.service_environment(spec, secret, "verbs")
     assert {key: env.get(key) for key in passed} == passed
     assert env["FED_VERBS_SECRETS__PROXY_SECRET"] == secret["proxy_secret"]  # the launcher's

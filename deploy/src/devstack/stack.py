@@ -23,6 +23,7 @@ import httpx
 from devstack import nginx
 from devstack.postgres import PostgresCluster
 from devstack.processes import ProcessRecord, spawn, stop
+from fedcore.db_roles import DEFAULT_APP_ROLE, app_url
 from fedcore.files import write_atomically
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -123,11 +124,19 @@ def _load_or_make_secrets(spec: GatewaySpec) -> dict[str, str]:
     path = spec.state_dir / "secrets.json"
     if path.exists():
         loaded: dict[str, str] = json.loads(path.read_text())
+        changed = False
         if "ca_key_secret" not in loaded:
             # A state folder from before the CA had its own sealing secret: its CA keys are
             # sealed with the gateway secret, which the broker keeps as a previous secret.
             loaded["ca_key_secret"] = secrets.token_urlsafe(48)
             loaded["legacy_ca_key_secret"] = loaded["gateway_secret"]
+            changed = True
+        if "app_db_password" not in loaded:
+            # From before the services had a database role of their own (fedcore.db_roles):
+            # the next migrate step creates it.
+            loaded["app_db_password"] = secrets.token_urlsafe(32)
+            changed = True
+        if changed:
             write_atomically(path, json.dumps(loaded, indent=2), mode=0o600)
         return loaded
     values = {
@@ -136,6 +145,7 @@ def _load_or_make_secrets(spec: GatewaySpec) -> dict[str, str]:
         "proxy_secret": secrets.token_urlsafe(48),
         "service_token": secrets.token_urlsafe(48),
         "db_password": secrets.token_urlsafe(24),
+        "app_db_password": secrets.token_urlsafe(32),
         "admin_token": secrets.token_hex(32),
     }
     spec.state_dir.mkdir(parents=True, exist_ok=True)
@@ -150,7 +160,12 @@ _SECRET_BEARING = re.compile(r"SECRET|PASSWORD|TOKEN|KEY|DB__", re.IGNORECASE)
 
 def service_environment(spec: GatewaySpec, secret: dict[str, str], service: str) -> dict[str, str]:
     prefix = ENV_PREFIX[service]
-    db_url = spec.postgres.url(secret["db_password"], "mosaic")
+    # The services' own role (fedcore.db_roles): rows, not the schema, the audit log append-only.
+    db_url = app_url(
+        spec.postgres.url(secret["db_password"], "mosaic"),
+        DEFAULT_APP_ROLE,
+        secret["app_db_password"],
+    )
     # The launcher's own environment, minus every setting or secret a service must get only
     # from here: FED_* (service settings) and MOSAIC_* (the CLI's and the launcher's variables,
     # e.g. an exported MOSAIC_GATEWAY_SECRET or MOSAIC_ADMIN_TOKEN).
@@ -289,7 +304,11 @@ def up(spec: GatewaySpec) -> dict[str, Any]:
     base_env = service_environment(spec, secret, "ca_broker")
     _run_python(
         ["-m", "devstack.bootstrap", "migrate"],
-        {**base_env, "MOSAIC_DATABASE_URL": spec.postgres.url(secret["db_password"], "mosaic")},
+        {
+            **base_env,
+            "MOSAIC_DATABASE_URL": spec.postgres.url(secret["db_password"], "mosaic"),
+            "MOSAIC_APP_DB_PASSWORD": secret["app_db_password"],
+        },
         "migrations",
     )
     _run_python(["-m", "ca_broker", "init"], base_env, "CA init")

@@ -253,7 +253,7 @@ async def test_a_revocation_lists_the_certificates_only_after_signatures_past_th
     whole peer — waits for it and revokes that certificate too (emulated here: the lock and the
     row from a connection of the test)."""
     grant, serial = await two_apps.live_grant()
-    late_serial = uuid.uuid4().hex
+    late_serial = format(x509.random_serial_number(), "x")  # as the CRL spells it
     async with await psycopg.AsyncConnection.connect(sync_url(two_apps.db.url)) as broker_tx:
         await broker_tx.execute(
             "SELECT pg_advisory_xact_lock_shared(%s, hashtext(%s))",
