@@ -619,15 +619,17 @@ def test_the_services_connect_as_the_app_role_and_only_the_one_shots_as_the_owne
     variant: str,
 ) -> None:
     """fedcore.db_roles: the services get rows, not the schema (the owner's URL and password
-    reach only the migrate and admin-token one-shots)."""
+    reach only the migrate one-shot)."""
     services = services_of(rendered(variant))
     owner_password = env_of(services["postgres"])["POSTGRES_PASSWORD"]
     for name, service in services.items():
         env = env_of(service)
         urls = [value for key, value in env.items() if key.endswith("DB__URL")]
-        if name in ("migrate", "admin-token"):
+        if name == "migrate":
             assert env["MOSAIC_DATABASE_URL"].startswith("postgresql+psycopg://mosaic:")
             continue
+        if "MOSAIC_DATABASE_URL" in env:
+            urls.append(env["MOSAIC_DATABASE_URL"])
         assert all(url.startswith(f"postgresql+psycopg://{DEFAULT_APP_ROLE}:") for url in urls)
         if name != "postgres":
             assert owner_password not in env.values(), f"{variant}: {name} has the owner's password"

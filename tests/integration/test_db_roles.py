@@ -72,6 +72,16 @@ FORBIDDEN = {
     "copy-program": "COPY (SELECT 1) TO PROGRAM 'true'",
     "migrations-table": "SELECT * FROM alembic_version",
     "new-role": "CREATE ROLE sneaky LOGIN",
+    # Audit rows get their id and time from the server: a forged id would make later rows
+    # collide (and every audited action fail), a forged time would backdate history.
+    "audit-forged-id": (
+        "INSERT INTO federation_audit_log (id, request_id, actor_type, action, outcome) "
+        "OVERRIDING SYSTEM VALUE VALUES (999999, 'r', 'system', 'forged', 'allowed')"
+    ),
+    "audit-backdated": (
+        "INSERT INTO federation_audit_log (created_at, request_id, actor_type, action, outcome) "
+        "VALUES ('2001-01-01', 'r', 'system', 'forged', 'allowed')"
+    ),
 }
 
 
@@ -121,3 +131,39 @@ def test_bad_role_names_and_short_passwords_are_refused(
         pytest.raises(ValueError, match=message),
     ):
         ensure_app_role(owner, role, password)
+
+
+def test_what_the_role_changed_about_itself_is_undone_by_the_next_migrate(
+    app_role: tuple[str, str], migrated_db_url: str
+) -> None:
+    """A role may ALTER ROLE itself (defaults, password): a compromised service could make every
+    service's next connection read-only. The next migrate resets that, and any membership an
+    operator or attacker added; the password is stored as a SCRAM verifier."""
+    role, url = app_role
+    with psycopg.connect(url, autocommit=True) as app:
+        app.execute("ALTER ROLE CURRENT_USER SET default_transaction_read_only = on")
+    with psycopg.connect(_libpq(migrated_db_url), autocommit=True) as owner:
+        owner.execute(f'GRANT pg_read_all_settings TO "{role}"')
+        assert owner.execute(
+            "SELECT rolconfig FROM pg_roles WHERE rolname = %s", (role,)
+        ).fetchone() == (["default_transaction_read_only=on"],)
+        password = secrets.token_urlsafe(32)
+        ensure_app_role(owner, role, password)
+        assert owner.execute(
+            "SELECT rolconfig FROM pg_roles WHERE rolname = %s", (role,)
+        ).fetchone() == (None,)
+        assert owner.execute(
+            "SELECT count(*) FROM pg_auth_members m JOIN pg_roles u ON u.oid = m.member "
+            "WHERE u.rolname = %s",
+            (role,),
+        ).fetchone() == (0,)
+        [(stored,)] = owner.execute(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = %s", (role,)
+        ).fetchall()
+        assert stored.startswith("SCRAM-SHA-256$")
+        assert password not in stored
+        assert owner.execute(
+            "SELECT has_schema_privilege(%s, 'public', 'CREATE')", (role,)
+        ).fetchone() == (False,)
+    with psycopg.connect(_libpq(app_url(migrated_db_url, role, password)), autocommit=True) as app:
+        _audit_row(app)  # writable again

@@ -31,9 +31,12 @@ def _connect_args(settings: PostgresSettings) -> dict[str, Any]:
         # No request can hold a connection with a runaway query.
         # A lock wait gives up before any HTTP timeout of a caller (e.g. enrollment's call
         # to the broker), so a lock cycle across services ends as a clean, retryable error.
+        # The last two pin what a role default could otherwise change under every service
+        # (a role may alter its own defaults: fedcore.db_roles resets them at each migrate).
         "options": (
             f"-c statement_timeout={settings.statement_timeout_ms} "
-            f"-c lock_timeout={settings.lock_timeout_ms}"
+            f"-c lock_timeout={settings.lock_timeout_ms} "
+            "-c default_transaction_read_only=off -c search_path=public"
         ),
     }
 

@@ -9,12 +9,17 @@ read and write rows and nothing else:
   binding cache at a revocation);
 * not the owner of any table — no ``ALTER TABLE … DISABLE TRIGGER``, no DDL, no ``TRUNCATE``;
   ``CREATE`` on schema ``public`` is not granted (Postgres 15 gives it to nobody by default);
-* the audit log is append-only for it: ``SELECT`` and ``INSERT``, no ``UPDATE`` or ``DELETE``;
-* ``alembic_version`` is the migrations' alone.
+* the audit log is append-only for it: ``SELECT``, and ``INSERT`` of every column but ``id`` and
+  ``created_at`` (so no forged ids that would block later rows, no backdated rows); no
+  ``UPDATE`` or ``DELETE``;
+* ``alembic_version`` is the migrations' alone;
+* each run resets whatever the role may have changed about itself (its password, its defaults:
+  a role may ``ALTER ROLE`` itself) and its memberships in other roles.
 
-A compromised service (the public enrollment service above all) thus cannot rewrite history,
-disarm revocation or escape into the database server's OS account. It still reads and writes
-every table the services share; one role per service is the next step (docs/security.md).
+A compromised service (the public enrollment service above all) thus cannot rewrite the audit
+trail, silence the binding-change notifications or escape into the database server's OS account.
+It still reads and writes every table the services share — it could, e.g., flip a revoked grant
+back; one role per service is the next step (docs/security.md).
 
 :func:`ensure_app_role` is idempotent and runs after every migration (``devstack.bootstrap
 migrate``, the launcher and compose's ``migrate`` one-shot), so new tables get their grants.
@@ -30,6 +35,8 @@ from sqlalchemy.engine import make_url
 
 DEFAULT_APP_ROLE: Final = "mosaic_app"
 APPEND_ONLY_TABLES: Final = ("federation_audit_log",)
+# Columns of an append-only table only the server fills: its identity and its clock.
+SERVER_SET_COLUMNS: Final = frozenset({"id", "created_at"})
 MIGRATIONS_ONLY_TABLES: Final = ("alembic_version",)
 _ROLE_RE: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}", re.ASCII)
 
@@ -43,22 +50,36 @@ def ensure_app_role(owner: Connection[Any], role: str, password: str) -> None:
         raise ValueError("the application role's password must be at least 24 characters")
     name = sql.Identifier(role)
     exists = owner.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
-    # Utility statements take no bound parameters: the password goes in as a quoted literal
-    # (never logged by us; the server logs no statements by default).
+    # Utility statements take no bound parameters, so the password goes in as a literal — as a
+    # SCRAM verifier, never in clear (a server logging DDL would otherwise log it).
+    verifier = owner.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256")
     verb = sql.SQL("ALTER ROLE") if exists else sql.SQL("CREATE ROLE")
     owner.execute(
         sql.SQL(
             "{verb} {name} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS "
-            "PASSWORD {password}"
-        ).format(verb=verb, name=name, password=sql.Literal(password))
+            "NOINHERIT PASSWORD {password}"
+        ).format(verb=verb, name=name, password=sql.Literal(verifier.decode()))
     )
     database = owner.execute("SELECT current_database()").fetchone()
     assert database is not None
-    statements = [
-        sql.SQL("GRANT CONNECT ON DATABASE {db} TO {name}").format(
-            db=sql.Identifier(database[0]), name=name
+    db = sql.Identifier(database[0])
+    memberships = owner.execute(
+        "SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid "
+        "JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = %s",
+        (role,),
+    ).fetchall()
+    statements: list[sql.SQL | sql.Composed] = [
+        # Whatever the role set for itself (ALTER ROLE CURRENT_USER SET …) goes.
+        sql.SQL("ALTER ROLE {name} RESET ALL").format(name=name),
+        sql.SQL("ALTER ROLE {name} IN DATABASE {db} RESET ALL").format(name=name, db=db),
+        *(
+            sql.SQL("REVOKE {group} FROM {name}").format(group=sql.Identifier(group), name=name)
+            for (group,) in memberships
         ),
+        sql.SQL("GRANT CONNECT ON DATABASE {db} TO {name}").format(db=db, name=name),
         sql.SQL("GRANT USAGE ON SCHEMA public TO {name}").format(name=name),
+        # From PUBLIC too: before Postgres 15 (or on an upgraded cluster) everyone has it.
+        sql.SQL("REVOKE CREATE ON SCHEMA public FROM PUBLIC"),
         sql.SQL("REVOKE CREATE ON SCHEMA public FROM {name}").format(name=name),
         sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {name}").format(name=name),
         sql.SQL(
@@ -69,11 +90,33 @@ def ensure_app_role(owner: Connection[Any], role: str, password: str) -> None:
         ),
     ]
     for table in APPEND_ONLY_TABLES:
+        writable = [
+            column
+            for (column,) in owner.execute(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_schema = 'public' AND table_name = %s ORDER BY ordinal_position",
+                (table,),
+            ).fetchall()
+            if column not in SERVER_SET_COLUMNS
+        ]
         statements.append(
-            sql.SQL("REVOKE UPDATE, DELETE ON {table} FROM {name}").format(
+            sql.SQL("REVOKE ALL ON {table} FROM {name}").format(
                 table=sql.Identifier(table), name=name
             )
         )
+        statements.append(
+            sql.SQL("GRANT SELECT ON {table} TO {name}").format(
+                table=sql.Identifier(table), name=name
+            )
+        )
+        if writable:
+            statements.append(
+                sql.SQL("GRANT INSERT ({columns}) ON {table} TO {name}").format(
+                    columns=sql.SQL(", ").join(sql.Identifier(c) for c in writable),
+                    table=sql.Identifier(table),
+                    name=name,
+                )
+            )
     for table in MIGRATIONS_ONLY_TABLES:
         if owner.execute("SELECT to_regclass(%s)", (f"public.{table}",)).fetchone() != (None,):
             statements.append(
