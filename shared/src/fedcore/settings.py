@@ -43,6 +43,22 @@ _PLACEHOLDER_PHRASES = (
 _PLACEHOLDER_PREFIXES = ("example", "xxxx", "secret", "password", "todo", "test", "dummy")
 
 
+# A call made while holding row locks (the CA's signature during enrollment and renewal) must
+# end this long before a revocation waiting for those locks gives up (lock_timeout_ms): the lock
+# is also held for the checks before the call and the writes after it.
+LOCK_HEADROOM_MS = 1_000
+
+
+def refuse_call_outlasting_locks(deadline_seconds: float, lock_timeout_ms: int, field: str) -> None:
+    """Settings check: a deadline for a call made under row locks that a revocation waits for
+    must stay ``LOCK_HEADROOM_MS`` below the lock timeout."""
+    if deadline_seconds * 1000 + LOCK_HEADROOM_MS > lock_timeout_ms:
+        raise ValueError(
+            f"{field} must stay at least 1 s below db.lock_timeout_ms (the call is made while "
+            "holding row locks a revocation waits for)"
+        )
+
+
 def refuse_placeholder_secret(value: SecretStr, field_name: str) -> SecretStr:
     """Reject empty, short or obviously placeholder secrets (never echoing the value)."""
     raw = value.get_secret_value()

@@ -23,7 +23,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             timeout=settings.ca_timeout_seconds,
         )
         app.state.enrollment_service = EnrollmentService(
-            broker=broker, sessionmaker=app.state.sessionmaker, public_url=settings.public_url
+            broker=broker,
+            sessionmaker=app.state.sessionmaker,
+            public_url=settings.public_url,
+            ca_deadline_seconds=settings.ca_deadline_seconds,
         )
         return broker.aclose
 

@@ -31,8 +31,8 @@ class EnrollmentTokenRepository:
         return result.scalar_one_or_none()
 
     async def lock_token(self, token_id: uuid.UUID) -> FederationEnrollmentToken:
-        """SELECT … FOR UPDATE, *after* peer and grant: concurrent redemptions of one token queue
-        here, and each one after the first sees ``used_at`` set."""
+        """SELECT … FOR UPDATE, *after* peer and grant (a concurrent redemption of the same token
+        already failed on the peer's lock, NOWAIT; one that comes after sees ``used_at`` set)."""
         result = await self.session.execute(
             select(FederationEnrollmentToken)
             .where(FederationEnrollmentToken.id == token_id)
@@ -44,10 +44,12 @@ class EnrollmentTokenRepository:
     async def lock_peer(self, peer_id: uuid.UUID) -> FederationPeer | None:
         # Lock order everywhere: peer, then grant, then token (grants' revoke paths use it too).
         # FOR NO KEY UPDATE leaves the broker's foreign-key checks (FOR KEY SHARE) unblocked.
+        # NOWAIT: redemptions never queue here (each holds the locks while the CA signs, and a
+        # revocation queued behind several could time out); a concurrent one is 503, retryable.
         result = await self.session.execute(
             select(FederationPeer)
             .where(FederationPeer.id == peer_id)
-            .with_for_update(key_share=True)
+            .with_for_update(key_share=True, nowait=True)
         )
         return result.scalar_one_or_none()
 

@@ -4,10 +4,17 @@ Order matters: every check that can refuse runs before the CA is asked to sign, 
 after signing commits together. If signing or anything after it fails, the transaction rolls
 back: the token stays unused and the grant pending (the reference system burned the token here),
 and a certificate that was issued but never delivered is revoked at the broker.
+
+Locks: the peer's row (``NOWAIT``: a concurrent redemption for the same peer fails at once with
+``503 database_busy`` instead of queueing), then the grant's, then the token's. A revocation of
+the grant or the peer waits for them, so the CA call they cover has a deadline below the lock
+timeout (``ca_deadline_seconds``) and the CA bundle is fetched before taking them: a stalled CA
+(and a token holder retrying against it) never makes an admin's revoke time out.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -20,7 +27,7 @@ from enrollment.repository import EnrollmentTokenRepository
 from enrollment.schemas import EnrollmentRequest, EnrollmentResponse
 from fedcore import pki
 from fedcore.audit import AuditEvent, write_audit, write_audit_now
-from fedcore.broker_client import CaBrokerClient
+from fedcore.broker_client import CaBrokerClient, CaUnavailable
 from fedcore.csr import validate_csr
 from fedcore.db import contention_error
 from fedcore.errors import Conflict, DomainError, Gone, NotFound
@@ -36,6 +43,7 @@ class EnrollmentService:
     broker: CaBrokerClient
     sessionmaker: async_sessionmaker[AsyncSession]
     public_url: str
+    ca_deadline_seconds: float = 2.0
 
     async def redeem(
         self, session: AsyncSession, token: str, body: EnrollmentRequest
@@ -72,6 +80,8 @@ class EnrollmentService:
         if found is None:
             raise NotFound("unknown enrollment token", code="token_unknown")
         known.grant_id, known.peer_id = found.grant_id, found.peer_id
+        # Before the locks: no call to the broker but the signature is made while holding them.
+        bundle = await self.broker.ca_bundle_pem()
         peer = await repo.lock_peer(found.peer_id)
         grant = await repo.lock_grant(found.grant_id)
         record = await repo.lock_token(found.id)
@@ -94,12 +104,19 @@ class EnrollmentService:
             raise Conflict("the peer may not enroll", code="peer_not_enrollable")
 
         validate_csr(body.csr_pem)  # refuse early; the broker checks again
-        signed = await self.broker.sign(
-            csr_pem=body.csr_pem,
-            grant_id=grant.id,
-            subject_user_id=grant.subject_user_id,
-            peer_id=peer.id,
-        )
+        try:
+            async with asyncio.timeout(self.ca_deadline_seconds):
+                signed = await self.broker.sign(
+                    csr_pem=body.csr_pem,
+                    grant_id=grant.id,
+                    subject_user_id=grant.subject_user_id,
+                    peer_id=peer.id,
+                )
+        except TimeoutError:
+            # Nothing recorded here; the locks go with the rollback. A certificate the broker
+            # still records was never delivered (and a revocation meanwhile lists it for the
+            # CRL, fedcore.issuance_lock); it expires unused.
+            raise CaUnavailable("the CA did not answer in time") from None
         try:
             if not await repo.mark_used(record.id, now):
                 raise Gone("enrollment token already used", code="token_used")
@@ -113,7 +130,6 @@ class EnrollmentService:
                 now=now,
             ):
                 raise Conflict("the peer may not enroll", code="peer_not_enrollable")
-            bundle = await self.broker.ca_bundle_pem()
             await write_audit(
                 session, known.event(token, AuditOutcome.ALLOWED, cert_serial=signed.serial)
             )

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from fedcore.settings import ServiceSettings
+from fedcore.settings import ServiceSettings, refuse_call_outlasting_locks
 
 
 class Settings(ServiceSettings):
@@ -19,3 +19,17 @@ class Settings(ServiceSettings):
     ca_broker_url: str = Field(default="http://127.0.0.1:9101")
     public_url: str = Field(default="https://127.0.0.1:8443")
     ca_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    ca_deadline_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="an enrollment gives up on the CA after this (503 ca_unavailable); it holds "
+        "the peer's and the grant's row locks meanwhile, and a revocation waits for them",
+    )
+
+    @model_validator(mode="after")
+    def _enrollment_releases_its_locks_in_time(self) -> Settings:
+        refuse_call_outlasting_locks(
+            self.ca_deadline_seconds, self.db.lock_timeout_ms, "ca_deadline_seconds"
+        )
+        return self

@@ -8,9 +8,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from fedcore.scope import ABSOLUTE_MAX_ROWS, DEFAULT_HARD_DENY, ScopePolicy
-from fedcore.settings import ServiceSettings
-
-RENEWAL_LOCK_HEADROOM_MS = 1_000
+from fedcore.settings import ServiceSettings, refuse_call_outlasting_locks
 
 
 class Settings(ServiceSettings):
@@ -91,19 +89,15 @@ class Settings(ServiceSettings):
 
     @model_validator(mode="after")
     def _renewal_releases_the_grant_in_time(self) -> Settings:
-        # A revocation waits for a renewal's grant lock at most lock_timeout_ms (the same
-        # default in every service): a renewal must let go first, however slow the CA is, or a
-        # peer renewing in a loop against a stalled CA could keep its grant from being revoked.
-        # The lock is also held for the checks before signing and the writes after it: keep a
-        # second of headroom (renewals never queue for it: repository.lock_for_renewal, NOWAIT).
-        if self.renewal_sign_deadline_seconds * 1000 + RENEWAL_LOCK_HEADROOM_MS > (
-            self.db.lock_timeout_ms
-        ):
-            raise ValueError(
-                "renewal_sign_deadline_seconds must stay at least 1 s below db.lock_timeout_ms "
-                "(a renewal holds the grant's row lock while the CA signs; a revocation waits "
-                "for it)"
-            )
+        # A revocation waits for a renewal's locks at most lock_timeout_ms (the same default in
+        # every service): a renewal must let go first, however slow the CA is, or a peer
+        # renewing in a loop against a stalled CA could keep its grant from being revoked
+        # (renewals never queue for the locks: repository.lock_for_renewal, NOWAIT).
+        refuse_call_outlasting_locks(
+            self.renewal_sign_deadline_seconds,
+            self.db.lock_timeout_ms,
+            "renewal_sign_deadline_seconds",
+        )
         return self
 
     @property

@@ -1,5 +1,6 @@
-"""The verbs' settings refuse a renewal deadline that could outlast a revocation's lock wait
-(docs/renewal.md, "A slow CA"): a renewal holds the grant's row lock while the CA signs."""
+"""Calls made under row locks that a revocation waits for (the CA's signature during renewal
+and enrollment) have deadlines the settings keep at least 1 s below the lock timeout
+(docs/renewal.md, "A slow CA"; fedcore.settings.refuse_call_outlasting_locks)."""
 
 from __future__ import annotations
 
@@ -50,3 +51,18 @@ def test_a_renewal_deadline_at_or_above_the_lock_timeout_is_refused(
 def test_a_renewal_deadline_below_the_lock_timeout_is_accepted() -> None:
     settings = verbs_settings(renewal_sign_deadline_seconds=4.0, db={"lock_timeout_ms": 5_000})
     assert settings.renewal_sign_deadline_seconds == 4.0
+
+
+def test_the_enrollment_ca_deadline_is_checked_the_same_way() -> None:
+    from enrollment.settings import Settings as EnrollmentSettings
+
+    base = {
+        "db": {"url": "postgresql+psycopg://u:p@127.0.0.1:9/x", "lock_timeout_ms": 5_000},
+        "secrets": {"service_token": random_secret()},
+    }
+    assert EnrollmentSettings.model_validate(base).ca_deadline_seconds == 2.0
+    with pytest.raises(ValidationError) as refused:
+        EnrollmentSettings.model_validate({**base, "ca_deadline_seconds": 4.5})
+    assert "ca_deadline_seconds must stay at least 1 s below db.lock_timeout_ms" in str(
+        refused.value
+    )

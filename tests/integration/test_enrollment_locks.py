@@ -1,0 +1,130 @@
+"""An enrollment holds the peer's and the grant's row locks while the CA signs; an admin's revoke
+waits for them. Against the real ca-broker (in-process, on the same database) made slow — its
+local CA signs only when the test lets it — the enrollment gives up at its deadline
+(503 ca_unavailable) long before a revoke waiting for the grant would time out, and a second
+redemption never queues behind the first (NOWAIT: 503 database_busy at once)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from fastapi import FastAPI
+from pydantic import SecretStr
+
+import ca_broker.app
+import ca_broker.settings
+from ca_broker.backends import IssueRequest
+from ca_broker.backends.local import LocalBackend
+from enrollment.schemas import EnrollmentRequest
+from enrollment.service import EnrollmentService
+from fedcore import pki
+from fedcore.broker_client import CaBrokerClient
+from fedcore.csr import make_csr
+from fedcore.db import create_engine, create_sessionmaker
+from fedcore.errors import DomainError
+from fedcore.settings import PostgresSettings
+from tests.support.apps import running
+from tests.support.db import fetch_all
+from tests.support.factories import create_enrollment_token, create_grant_fixture
+from tests.support.secrets import random_secret
+
+
+class GatedBackend(LocalBackend):
+    def __init__(self, hierarchy: pki.CaHierarchy) -> None:
+        super().__init__(hierarchy)
+        self.entered = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def issue(self, request: IssueRequest) -> Any:
+        self.entered.set()
+        await self.gate.wait()
+        return await super().issue(request)
+
+
+@pytest.fixture
+async def slow_ca(migrated_db_url: str, tmp_path: Path) -> AsyncIterator[tuple[FastAPI, str]]:
+    token = random_secret()
+    app = ca_broker.app.create_app(
+        ca_broker.settings.Settings(
+            db={"url": migrated_db_url, "startup_wait_seconds": 0},
+            secrets={"service_token": token},
+            pki_dir=str(tmp_path / "pki"),
+            ca_key_secret=random_secret(),
+        )
+    )
+    async with running(app, "http://ca-broker"):
+        service = app.state.ca_service
+        service.backend = GatedBackend(service.backend.hierarchy)
+        yield app, token
+        service.backend.gate.set()
+
+
+def _libpq(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://")
+
+
+async def test_a_stalled_ca_fails_the_enrollment_in_time_and_a_revoke_goes_through(
+    migrated_db_url: str, slow_ca: tuple[FastAPI, str]
+) -> None:
+    app, service_token = slow_ca
+    fx = await create_grant_fixture(migrated_db_url)
+    token = await create_enrollment_token(migrated_db_url, fx)
+    broker = CaBrokerClient(
+        "http://ca-broker", service_token, timeout=10, transport=httpx.ASGITransport(app=app)
+    )
+    engine = create_engine(PostgresSettings(url=SecretStr(migrated_db_url)))
+    sessions = create_sessionmaker(engine)
+    enrollment = EnrollmentService(broker, sessions, "https://a.test:8443", ca_deadline_seconds=0.5)
+    csr = make_csr(pki.new_ec_key(), "peer")
+    try:
+        async with sessions() as first, sessions() as second:
+            redeeming = asyncio.create_task(
+                enrollment.redeem(first, token, EnrollmentRequest(csr_pem=csr))
+            )
+            await asyncio.wait_for(app.state.ca_service.backend.entered.wait(), 10)
+            # A second redemption while the first holds the locks: refused at once.
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(DomainError) as busy:
+                await enrollment.redeem(second, token, EnrollmentRequest(csr_pem=csr))
+            assert asyncio.get_running_loop().time() - started < 0.4
+            assert (busy.value.status_code, busy.value.code) == (503, "database_busy")
+            # The admin's revoke (grants: the grant's row, lock_timeout 5 s; 2 s here).
+            async with await psycopg.AsyncConnection.connect(_libpq(migrated_db_url)) as revoker:
+                await revoker.execute("SET lock_timeout = '2s'")
+                await revoker.execute(
+                    "SELECT id FROM federation_grants WHERE id = %s FOR NO KEY UPDATE",
+                    (fx.grant_id,),
+                )  # a LockNotAvailable here is the defect
+                await revoker.execute(
+                    "UPDATE federation_grants SET status = 'revoked' WHERE id = %s",
+                    (fx.grant_id,),
+                )
+                await revoker.commit()
+            with pytest.raises(DomainError) as failed:
+                await redeeming
+    finally:
+        await broker.aclose()
+        await engine.dispose()
+    assert (failed.value.status_code, failed.value.code) == (503, "ca_unavailable")
+    assert fetch_all(
+        migrated_db_url,
+        "SELECT used_at FROM federation_enrollment_tokens WHERE grant_id = %s",
+        (fx.grant_id,),
+    ) == [(None,)]
+    assert fetch_all(
+        migrated_db_url, "SELECT status FROM federation_grants WHERE id = %s", (fx.grant_id,)
+    ) == [("revoked",)]
+    # The two refusals were audited (each attempt leaves a row).
+    rows = fetch_all(
+        migrated_db_url,
+        "SELECT outcome, reason_code FROM federation_audit_log "
+        "WHERE action = 'enrollment.redeem' AND grant_id = %s ORDER BY id",
+        (fx.grant_id,),
+    )
+    assert sorted(rows) == [("error", "ca_unavailable"), ("error", "database_busy")]
