@@ -5,9 +5,13 @@ failure leaves nothing half-made on B and the token unused on A."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+import psycopg
 
 from tests.support.cli import mosaic, mosaic_json, refused
 from tests.support.db import fetch_all, fetch_one
@@ -201,3 +205,55 @@ def test_a_bundle_with_a_foreign_root_behind_the_genuine_one_is_refused(
     refused(result, "ca_pin_mismatch")
     assert _connections(gateway_b) == before
     assert _grant_state(gateway_a, grant["id"]) == ("pending", 0)
+
+
+def test_peer_add_retries_while_a_holds_the_peer_busy(
+    gateway_a: Gateway, gateway_b: Gateway, tmp_path: Path
+) -> None:
+    """A's enrollment never queues for the peer's row (NOWAIT): while something else on A holds
+    it (here the test, as a renewal or an admin change would), A answers 503 database_busy with
+    Retry-After, and `peer add` asks again instead of giving up. The row is let go once A has
+    refused (and audited) one attempt."""
+    grant, token = _grant_with_token(gateway_a, tmp_path)
+    peer_id = fetch_one(
+        gateway_a.database_url,
+        "SELECT peer_id FROM federation_grants WHERE id = %s",
+        (grant["id"],),
+    )[0]
+    locked = threading.Event()
+
+    def busy_refusals() -> list[tuple[Any, ...]]:
+        return fetch_all(
+            gateway_a.database_url,
+            "SELECT reason_code FROM federation_audit_log "
+            "WHERE action = 'enrollment.redeem' AND grant_id = %s AND outcome = 'error'",
+            (grant["id"],),
+        )
+
+    def hold_the_peer_row_until_a_refusal() -> None:
+        url = gateway_a.database_url.replace("postgresql+psycopg://", "postgresql://")
+        with psycopg.connect(url) as conn:
+            conn.execute(
+                "SELECT id FROM federation_peers WHERE id = %s FOR NO KEY UPDATE", (peer_id,)
+            )
+            locked.set()
+            deadline = time.monotonic() + 20
+            while not busy_refusals() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            conn.rollback()
+
+    holder = threading.Thread(target=hold_the_peer_row_until_a_refusal)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        name = f"to-a-{uuid.uuid4().hex[:6]}"
+        connection = mosaic_json(
+            "federation", "peer", "add", token["enrollment_url"], "--name", name, gateway=gateway_b
+        )
+    finally:
+        holder.join(30)
+    assert connection["state"] == "active"
+    assert _grant_state(gateway_a, grant["id"]) == ("active", 1)
+    refusals = busy_refusals()
+    assert refusals
+    assert {code for (code,) in refusals} == {"database_busy"}

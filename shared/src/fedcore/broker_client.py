@@ -103,7 +103,11 @@ class CaBrokerClient:
         subject_user_id: uuid.UUID,
         peer_id: uuid.UUID,
         ttl_seconds: int | None = None,
+        grant_status: str | None = None,
     ) -> SignedCertificate:
+        """``grant_status``: the state the caller saw under its locks (``pending`` for an
+        enrollment, ``active`` for a renewal); the broker refuses to record the certificate if
+        the grant has left it by the time the signature is done."""
         body: dict[str, Any] = {
             "csr_pem": csr_pem,
             "grant_id": str(grant_id),
@@ -112,6 +116,8 @@ class CaBrokerClient:
         }
         if ttl_seconds is not None:
             body["ttl_seconds"] = ttl_seconds
+        if grant_status is not None:
+            body["grant_status"] = grant_status
         response = await self._send("POST", "/sign", json=body)
         self._raise_for_error(response)
         data = response.json()

@@ -353,6 +353,33 @@ async def test_a_failing_sweep_does_not_stop_the_crl_refresh(
     assert publisher.current.crl_number > first.crl_number
 
 
+@pytest.mark.parametrize(
+    ("grant_status", "expected", "answer"),
+    [
+        ("pending", "pending", 201),
+        ("active", "active", 201),
+        ("active", "pending", 409),  # an enrollment's late signature after the grant activated
+        ("pending", "active", 409),
+    ],
+)
+async def test_the_last_look_refuses_a_grant_that_left_the_state_the_caller_saw(
+    broker: Broker, grant_status: str, expected: str, answer: int
+) -> None:
+    fx = await create_grant_fixture(broker.database_url)
+    with _sql(broker.database_url) as conn:
+        conn.execute(
+            "UPDATE federation_grants SET status = %s WHERE id = %s", (grant_status, fx.grant_id)
+        )
+    csr = make_csr(ec.generate_private_key(ec.SECP256R1()), "peer")
+    response = await broker.client.post(
+        "/sign", json=_sign_body(fx, csr, grant_status=expected), headers=broker.auth
+    )
+    assert response.status_code == answer, response.text
+    if answer == 409:
+        assert response.json()["error"]["code"] == "grant_not_issuable"
+        assert _certificate_rows(broker.database_url) == []
+
+
 async def test_ca_private_keys_are_ciphertext_at_rest(broker: Broker) -> None:
     with _sql(broker.database_url) as conn:
         rows = conn.execute("SELECT role, sealed_private_key FROM ca_keypairs").fetchall()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,6 +19,10 @@ class SignRequest(BaseModel):
     subject_user_id: uuid.UUID
     peer_id: uuid.UUID
     ttl_seconds: int | None = Field(default=None, ge=60)
+    # What the caller saw under its locks: enrollment signs for a pending grant, renewal for an
+    # active one. The broker's last look (after signing) refuses any other state, so a
+    # signature that finishes after its caller gave up and the grant moved on is never recorded.
+    grant_status: Literal["pending", "active"] | None = None
 
 
 class SignResponse(BaseModel):

@@ -83,7 +83,9 @@ class CaService:
         # later lists this certificate (fedcore.issuance_lock). A refused certificate was
         # never recorded and never leaves this process.
         await hold_for_issuance(session, peer.id)
-        await self._last_look(session, grant.id, peer.id, cert.not_valid_after_utc)
+        await self._last_look(
+            session, grant.id, peer.id, cert.not_valid_after_utc, body.grant_status
+        )
         record = FederationCertificate(
             serial=pki.serial_hex(cert),
             grant_id=grant.id,
@@ -112,7 +114,11 @@ class CaService:
 
     @staticmethod
     async def _last_look(
-        session: AsyncSession, grant_id: uuid.UUID, peer_id: uuid.UUID, not_after: datetime
+        session: AsyncSession,
+        grant_id: uuid.UUID,
+        peer_id: uuid.UUID,
+        not_after: datetime,
+        expected_status: str | None,
     ) -> None:
         # Columns, not session.get: the session's identity map would hand back the rows as read
         # before the backend signed.
@@ -127,6 +133,13 @@ class CaService:
             await session.execute(select(FederationPeer.state).where(FederationPeer.id == peer_id))
         ).scalar_one()
         _refuse_unless_issuable(grant.status, grant.expires_at, peer_state, pki.utcnow())
+        if expected_status is not None and grant.status != expected_status:
+            # An enrollment that gave up while the grant was activated by its retry (or a
+            # renewal racing something): the caller's view is stale, its answer never delivered.
+            raise Conflict(
+                "the grant is no longer in the state the request was made for",
+                code="grant_not_issuable",
+            )
         if grant.expires_at is not None and not_after > grant.expires_at + _EXPIRY_SLACK:
             # The lifetime was capped before signing; an expiry brought forward meanwhile must
             # not let the certificate outlive the grant. (Slack: the backend adds the capped

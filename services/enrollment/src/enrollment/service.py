@@ -20,7 +20,9 @@ import logging
 import re
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from enrollment.repository import EnrollmentTokenRepository
@@ -31,7 +33,15 @@ from fedcore.broker_client import CaBrokerClient, CaUnavailable
 from fedcore.csr import validate_csr
 from fedcore.db import contention_error
 from fedcore.errors import Conflict, DomainError, Gone, NotFound
-from fedcore.models import ActorType, AuditOutcome, GrantStatus, PeerState
+from fedcore.issuance_lock import wait_for_issuances
+from fedcore.models import (
+    ActorType,
+    AuditOutcome,
+    FederationCertificate,
+    FederationEnrollmentToken,
+    GrantStatus,
+    PeerState,
+)
 from fedcore.tokens import hash_token, log_prefix
 
 log = logging.getLogger("enrollment.service")
@@ -70,6 +80,46 @@ class EnrollmentService:
             )
             raise
 
+    async def _revoke_undelivered(
+        self, session: AsyncSession, grant_id: uuid.UUID, peer_id: uuid.UUID, delivered: str
+    ) -> None:
+        """After the grant's activation committed: revoke its other live certificates — those
+        of earlier attempts that gave up on a slow CA while the broker still recorded them
+        (never delivered; they would count against the renewal bound). Signatures past the
+        broker's last look are waited for (fedcore.issuance_lock); later ones see an active
+        grant and are refused (the request said ``pending``). Best effort: the answer stands."""
+        try:
+            await wait_for_issuances(session, peer_id)
+            serials = list(
+                (
+                    await session.execute(
+                        select(FederationCertificate.serial).where(
+                            FederationCertificate.grant_id == grant_id,
+                            FederationCertificate.peer_id == peer_id,
+                            FederationCertificate.revoked_at.is_(None),
+                            FederationCertificate.serial != delivered,
+                        )
+                    )
+                ).scalars()
+            )
+            await session.commit()
+        except Exception as exc:
+            await session.rollback()
+            log.warning(
+                "could not list undelivered certificates", extra={"error": type(exc).__name__}
+            )
+            return
+        for serial in serials:
+            try:
+                await self.broker.revoke(serial, "enrollment_undelivered")
+            except DomainError as exc:
+                log.warning(
+                    "could not revoke an undelivered certificate",
+                    extra={"serial": serial, "code": exc.code},
+                )
+            else:
+                log.info("undelivered certificate revoked", extra={"serial": serial})
+
     async def _redeem(
         self, session: AsyncSession, token: str, body: EnrollmentRequest, known: _KnownSoFar
     ) -> EnrollmentResponse:
@@ -80,18 +130,14 @@ class EnrollmentService:
         if found is None:
             raise NotFound("unknown enrollment token", code="token_unknown")
         known.grant_id, known.peer_id = found.grant_id, found.peer_id
+        _refuse_unusable_token(found, pki.utcnow())  # early (unlocked): no CA call for these
         # Before the locks: no call to the broker but the signature is made while holding them.
         bundle = await self.broker.ca_bundle_pem()
         peer = await repo.lock_peer(found.peer_id)
         grant = await repo.lock_grant(found.grant_id)
         record = await repo.lock_token(found.id)
         now = pki.utcnow()
-        if record.used_at is not None:
-            raise Gone("enrollment token already used", code="token_used")
-        if record.revoked_at is not None:
-            raise Gone("enrollment token was revoked", code="token_revoked")
-        if record.expires_at <= now:
-            raise Gone("enrollment token expired", code="token_expired")
+        _refuse_unusable_token(record, now)  # again, under the lock: this one decides
 
         if grant is None or grant.status != GrantStatus.PENDING:
             raise Conflict("the grant is not awaiting enrollment", code="grant_not_pending")
@@ -111,6 +157,7 @@ class EnrollmentService:
                     grant_id=grant.id,
                     subject_user_id=grant.subject_user_id,
                     peer_id=peer.id,
+                    grant_status="pending",
                 )
         except TimeoutError:
             # Nothing recorded here; the locks go with the rollback. A certificate the broker
@@ -140,6 +187,7 @@ class EnrollmentService:
             with contextlib.suppress(DomainError):
                 await self.broker.revoke(signed.serial, "enrollment_aborted")
             raise
+        await self._revoke_undelivered(session, grant.id, peer.id, signed.serial)
         log.info(
             "enrollment completed",
             extra={
@@ -159,6 +207,15 @@ class EnrollmentService:
             not_after=signed.not_after,
             endpoint=self.public_url,
         )
+
+
+def _refuse_unusable_token(record: FederationEnrollmentToken, now: datetime) -> None:
+    if record.used_at is not None:
+        raise Gone("enrollment token already used", code="token_used")
+    if record.revoked_at is not None:
+        raise Gone("enrollment token was revoked", code="token_revoked")
+    if record.expires_at <= now:
+        raise Gone("enrollment token expired", code="token_expired")
 
 
 @dataclass

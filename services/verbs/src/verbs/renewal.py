@@ -68,6 +68,7 @@ class Renewer:
                     grant_id=context.grant_id,
                     subject_user_id=context.subject_user_id,
                     peer_id=context.peer_id,
+                    grant_status="active",
                 )
         except TimeoutError:
             # This transaction records nothing and lets go of the grant. The broker may still

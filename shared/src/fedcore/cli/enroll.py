@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import re
 import ssl
+import time
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any
@@ -113,18 +114,27 @@ def _pinned_bundle(
         raise Refused("ca_pin_mismatch", f"the peer's CA bundle: {exc}") from None
 
 
+# The peer answers 503 database_busy (Retry-After) when another enrollment, renewal or admin
+# change of the same peer holds its row: nothing was used up, so asking again is safe.
+_BUSY_RETRIES = 2
+
+
 def _redeem(
     enrollment: EnrollmentUrl, bundle_pem: str, csr_pem: str, timeout: float
 ) -> dict[str, Any]:
     context = ssl.create_default_context(cadata=bundle_pem)
-    try:
-        response = httpx.post(
-            enrollment.enroll_url, json={"csr_pem": csr_pem}, verify=context, timeout=timeout
-        )
-    except httpx.HTTPError as exc:
-        raise GatewayUnreachable(
-            f"cannot reach the peer's enrollment endpoint ({type(exc).__name__})"
-        ) from None
+    for attempt in range(_BUSY_RETRIES + 1):
+        try:
+            response = httpx.post(
+                enrollment.enroll_url, json={"csr_pem": csr_pem}, verify=context, timeout=timeout
+            )
+        except httpx.HTTPError as exc:
+            raise GatewayUnreachable(
+                f"cannot reach the peer's enrollment endpoint ({type(exc).__name__})"
+            ) from None
+        if response.status_code != 503 or attempt == _BUSY_RETRIES or not _busy(response):
+            break
+        time.sleep(_retry_after(response))
     try:
         body: Any = response.json()
     except ValueError:
@@ -136,6 +146,22 @@ def _redeem(
             f"the peer refused the enrollment: {error.get('message', response.status_code)}",
         )
     return body
+
+
+def _busy(response: httpx.Response) -> bool:
+    try:
+        body: Any = response.json()
+    except ValueError:
+        return False
+    error = body.get("error") if isinstance(body, dict) else None
+    return isinstance(error, dict) and error.get("code") == "database_busy"
+
+
+def _retry_after(response: httpx.Response) -> float:
+    try:
+        return min(5.0, max(0.1, float(response.headers.get("retry-after", "1"))))
+    except ValueError:
+        return 1.0
 
 
 def peer_add(
