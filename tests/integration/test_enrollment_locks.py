@@ -96,7 +96,7 @@ async def test_a_stalled_ca_fails_the_enrollment_in_time_and_a_revoke_goes_throu
                 await enrollment.redeem(second, token, EnrollmentRequest(csr_pem=csr))
             assert asyncio.get_running_loop().time() - started < 1.0
             assert (busy.value.status_code, busy.value.code) == (503, "database_busy")
-            # The admin's revoke (grants: the grant's row, lock_timeout 5 s; 2 s here).
+            # The admin's revoke (grants: the grant's row, lock_timeout 5 s; 3 s here).
             async with await psycopg.AsyncConnection.connect(_libpq(migrated_db_url)) as revoker:
                 await revoker.execute("SET lock_timeout = '3s'")
                 await revoker.execute(

@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from enrollment.repository import EnrollmentTokenRepository
@@ -83,42 +83,42 @@ class EnrollmentService:
     async def _revoke_undelivered(
         self, session: AsyncSession, grant_id: uuid.UUID, peer_id: uuid.UUID, delivered: str
     ) -> None:
-        """After the grant's activation committed: revoke its other live certificates — those
-        of earlier attempts that gave up on a slow CA while the broker still recorded them
-        (never delivered; they would count against the renewal bound). Signatures past the
-        broker's last look are waited for (fedcore.issuance_lock); later ones see an active
-        grant and are refused (the request said ``pending``). Best effort: the answer stands."""
+        """After the grant's activation committed: record as revoked its other live
+        certificates — those of earlier attempts that gave up on a slow CA while the broker
+        still recorded them (never delivered; they would count against the renewal bound).
+        Signatures past the broker's last look are waited for (fedcore.issuance_lock); later
+        ones see an active grant and are refused (the request said ``pending``).
+
+        One statement, no call to the broker: the verbs refuse a revoked serial at once, and
+        nobody holds these certificates, so the CRL can wait for the broker's next refresh.
+        Best effort: the enrollment has succeeded whatever happens here."""
         try:
             await wait_for_issuances(session, peer_id)
             serials = list(
                 (
                     await session.execute(
-                        select(FederationCertificate.serial).where(
+                        update(FederationCertificate)
+                        .where(
                             FederationCertificate.grant_id == grant_id,
                             FederationCertificate.peer_id == peer_id,
                             FederationCertificate.revoked_at.is_(None),
                             FederationCertificate.serial != delivered,
                         )
+                        .values(revoked_at=pki.utcnow(), revoked_reason="enrollment_undelivered")
+                        .returning(FederationCertificate.serial)
                     )
                 ).scalars()
             )
             await session.commit()
         except Exception as exc:
-            await session.rollback()
+            with contextlib.suppress(Exception):
+                await session.rollback()
             log.warning(
-                "could not list undelivered certificates", extra={"error": type(exc).__name__}
+                "could not revoke undelivered certificates", extra={"error": type(exc).__name__}
             )
             return
-        for serial in serials:
-            try:
-                await self.broker.revoke(serial, "enrollment_undelivered")
-            except DomainError as exc:
-                log.warning(
-                    "could not revoke an undelivered certificate",
-                    extra={"serial": serial, "code": exc.code},
-                )
-            else:
-                log.info("undelivered certificate revoked", extra={"serial": serial})
+        if serials:
+            log.info("undelivered certificates revoked", extra={"serials": serials[:20]})
 
     async def _redeem(
         self, session: AsyncSession, token: str, body: EnrollmentRequest, known: _KnownSoFar
