@@ -10,7 +10,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import httpx
 import psycopg
@@ -21,8 +20,6 @@ from pydantic import SecretStr
 
 import ca_broker.app
 import ca_broker.settings
-from ca_broker.backends import IssueRequest
-from ca_broker.backends.local import LocalBackend
 from enrollment.schemas import EnrollmentRequest
 from enrollment.service import EnrollmentService
 from fedcore import pki
@@ -35,18 +32,7 @@ from tests.support.apps import running
 from tests.support.db import execute, fetch_all
 from tests.support.factories import create_enrollment_token, create_grant_fixture
 from tests.support.secrets import random_secret
-
-
-class GatedBackend(LocalBackend):
-    def __init__(self, hierarchy: pki.CaHierarchy) -> None:
-        super().__init__(hierarchy)
-        self.entered = asyncio.Event()
-        self.gate = asyncio.Event()
-
-    async def issue(self, request: IssueRequest) -> Any:
-        self.entered.set()
-        await self.gate.wait()
-        return await super().issue(request)
+from tests.support.slow_ca import GatedBackend
 
 
 @pytest.fixture

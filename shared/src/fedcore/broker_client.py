@@ -6,6 +6,7 @@ retried: once a /sign request has reached the broker it may have issued a certif
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -104,10 +105,29 @@ class CaBrokerClient:
         peer_id: uuid.UUID,
         ttl_seconds: int | None = None,
         grant_status: str | None = None,
+        deadline_seconds: float | None = None,
     ) -> SignedCertificate:
         """``grant_status``: the state the caller saw under its locks (``pending`` for an
         enrollment, ``active`` for a renewal); the broker refuses to record the certificate if
-        the grant has left it by the time the signature is done."""
+        the grant has left it by the time the signature is done.
+
+        ``deadline_seconds``: the whole call, retries included, for a caller holding row locks
+        a revocation waits for (``503 ca_unavailable`` past it). The broker may still finish:
+        its certificate was never handed out, and its last look plus the issuance lock keep it
+        off a revoked or activated grant (fedcore.issuance_lock)."""
+        if deadline_seconds is not None:
+            try:
+                async with asyncio.timeout(deadline_seconds):
+                    return await self.sign(
+                        csr_pem=csr_pem,
+                        grant_id=grant_id,
+                        subject_user_id=subject_user_id,
+                        peer_id=peer_id,
+                        ttl_seconds=ttl_seconds,
+                        grant_status=grant_status,
+                    )
+            except TimeoutError:
+                raise CaUnavailable("the CA did not answer in time") from None
         body: dict[str, Any] = {
             "csr_pem": csr_pem,
             "grant_id": str(grant_id),

@@ -20,8 +20,6 @@ from fastapi import FastAPI
 
 import ca_broker.app
 import ca_broker.settings
-from ca_broker.backends import IssueRequest
-from ca_broker.backends.local import LocalBackend
 from fedcore import pki
 from fedcore.csr import make_csr
 from fedcore.issuance_lock import NAMESPACE
@@ -29,6 +27,7 @@ from grants.app import create_app
 from tests.integration.grants.harness import Db, make_settings, sync_url
 from tests.support.apps import running
 from tests.support.secrets import random_secret
+from tests.support.slow_ca import GatedBackend
 
 
 @dataclass
@@ -203,21 +202,6 @@ async def test_without_the_broker_the_revocation_is_recorded_in_the_database(
     revoked_at, reason = db.one("SELECT revoked_at, revoked_reason FROM federation_certificates")
     assert revoked_at is not None
     assert reason == "grant_revoked"
-
-
-class GatedBackend(LocalBackend):
-    """The real local CA, made slow: it signs only once the test opens the gate (a CA that
-    answers after the caller — a renewal past its deadline — has given up)."""
-
-    def __init__(self, hierarchy: pki.CaHierarchy) -> None:
-        super().__init__(hierarchy)
-        self.entered = asyncio.Event()
-        self.gate = asyncio.Event()
-
-    async def issue(self, request: IssueRequest) -> Any:
-        self.entered.set()
-        await self.gate.wait()
-        return await super().issue(request)
 
 
 async def test_a_signature_finishing_after_the_revocation_is_refused_not_left_off_the_crl(

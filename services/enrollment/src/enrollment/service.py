@@ -14,7 +14,6 @@ timeout (``ca_deadline_seconds``) and the CA bundle is fetched before taking the
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import re
@@ -29,7 +28,7 @@ from enrollment.repository import EnrollmentTokenRepository
 from enrollment.schemas import EnrollmentRequest, EnrollmentResponse
 from fedcore import pki
 from fedcore.audit import AuditEvent, write_audit, write_audit_now
-from fedcore.broker_client import CaBrokerClient, CaUnavailable
+from fedcore.broker_client import CaBrokerClient
 from fedcore.csr import validate_csr
 from fedcore.db import contention_error
 from fedcore.errors import Conflict, DomainError, Gone, NotFound
@@ -150,20 +149,15 @@ class EnrollmentService:
             raise Conflict("the peer may not enroll", code="peer_not_enrollable")
 
         validate_csr(body.csr_pem)  # refuse early; the broker checks again
-        try:
-            async with asyncio.timeout(self.ca_deadline_seconds):
-                signed = await self.broker.sign(
-                    csr_pem=body.csr_pem,
-                    grant_id=grant.id,
-                    subject_user_id=grant.subject_user_id,
-                    peer_id=peer.id,
-                    grant_status="pending",
-                )
-        except TimeoutError:
-            # Nothing recorded here; the locks go with the rollback. A certificate the broker
-            # still records was never delivered (and a revocation meanwhile lists it for the
-            # CRL, fedcore.issuance_lock); it expires unused.
-            raise CaUnavailable("the CA did not answer in time") from None
+        # Past the deadline: 503, nothing recorded here, the locks go with the rollback.
+        signed = await self.broker.sign(
+            csr_pem=body.csr_pem,
+            grant_id=grant.id,
+            subject_user_id=grant.subject_user_id,
+            peer_id=peer.id,
+            grant_status="pending",
+            deadline_seconds=self.ca_deadline_seconds,
+        )
         try:
             if not await repo.mark_used(record.id, now):
                 raise Gone("enrollment token already used", code="token_used")

@@ -22,14 +22,13 @@ loop, yet a renewal whose answer was lost can be retried.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fedcore import pki
-from fedcore.broker_client import CaBrokerClient, CaUnavailable
+from fedcore.broker_client import CaBrokerClient
 from fedcore.errors import Conflict
 from verbs import repository
 from verbs.auth import ClientCertRevoked, FederationContext
@@ -61,21 +60,15 @@ class Renewer:
                 "this grant has too many live certificates; renew when the older ones expired",
                 code="too_many_certificates",
             )
-        try:
-            async with asyncio.timeout(self.sign_deadline_seconds):
-                signed = await self.broker.sign(
-                    csr_pem=body.csr_pem,
-                    grant_id=context.grant_id,
-                    subject_user_id=context.subject_user_id,
-                    peer_id=context.peer_id,
-                    grant_status="active",
-                )
-        except TimeoutError:
-            # This transaction records nothing and lets go of the grant. The broker may still
-            # finish: its certificate (never handed out) counts as live until it expires; a
-            # revocation meanwhile makes the broker refuse it or lists it for the CRL
-            # (fedcore.issuance_lock).
-            raise CaUnavailable("the CA did not answer in time") from None
+        # Past the deadline: 503, this transaction records nothing and lets go of the locks.
+        signed = await self.broker.sign(
+            csr_pem=body.csr_pem,
+            grant_id=context.grant_id,
+            subject_user_id=context.subject_user_id,
+            peer_id=context.peer_id,
+            grant_status="active",
+            deadline_seconds=self.sign_deadline_seconds,
+        )
         await repository.record_peer_certificate(
             session,
             context.peer_id,
