@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -23,7 +24,7 @@ import ca_broker.settings
 from enrollment.schemas import EnrollmentRequest
 from enrollment.service import EnrollmentService
 from fedcore import pki
-from fedcore.broker_client import CaBrokerClient
+from fedcore.broker_client import CaBrokerClient, SignedCertificate
 from fedcore.csr import make_csr
 from fedcore.db import create_engine, create_sessionmaker
 from fedcore.errors import DomainError
@@ -51,6 +52,17 @@ async def slow_ca(migrated_db_url: str, tmp_path: Path) -> AsyncIterator[tuple[F
         service.backend = GatedBackend(service.backend.hierarchy)
         yield app, token
         service.backend.gate.set()
+
+
+class AskedBroker(CaBrokerClient):
+    """The real client, remembering what it asked the broker to sign."""
+
+    asked: dict[str, Any]
+
+    async def sign(self, **asked: Any) -> SignedCertificate:
+        if asked.get("deadline_seconds") is not None:
+            self.asked = asked
+        return await super().sign(**asked)
 
 
 def _libpq(url: str) -> str:
@@ -137,7 +149,7 @@ async def test_a_successful_enrollment_revokes_certificates_earlier_attempts_lef
         "VALUES (gen_random_uuid(), %s, %s, %s, %s, 'peer', 'local', %s, %s)",
         (orphan, fx.grant_id, fx.peer_id, "d" * 64, now, now + timedelta(hours=1)),
     )
-    broker = CaBrokerClient(
+    broker = AskedBroker(
         "http://ca-broker", service_token, timeout=10, transport=httpx.ASGITransport(app=app)
     )
     engine = create_engine(PostgresSettings(url=SecretStr(migrated_db_url)))
@@ -160,3 +172,6 @@ async def test_a_successful_enrollment_revokes_certificates_earlier_attempts_lef
         )
     )
     assert rows == {delivered: None, orphan: "enrollment_undelivered"}
+    # The state the enrollment saw (the broker's last look refuses any other), in its deadline.
+    assert broker.asked["grant_status"] == "pending"
+    assert broker.asked["deadline_seconds"] == enrollment.ca_deadline_seconds

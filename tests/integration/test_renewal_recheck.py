@@ -97,9 +97,11 @@ class BrokerReached(Exception):
 class RecordingBroker:
     def __init__(self) -> None:
         self.calls = 0
+        self.asked: dict[str, Any] = {}
 
-    async def sign(self, **_: Any) -> Any:
+    async def sign(self, **asked: Any) -> Any:
         self.calls += 1
+        self.asked = asked
         raise BrokerReached
 
 
@@ -166,6 +168,11 @@ async def test_a_renewal_waits_for_a_revocation_under_way_and_then_sees_it(
                     with pytest.raises(BrokerReached):
                         await renewal
                     assert broker.calls == 1
+                    # What the broker is asked: the same grant, the state the renewal saw
+                    # (its last look refuses any other), within the deadline under the locks.
+                    assert broker.asked["grant_id"] == fx.grant_id
+                    assert broker.asked["grant_status"] == "active"
+                    assert broker.asked["deadline_seconds"] == renewer.sign_deadline_seconds
                 await session.rollback()
     finally:
         await engine.dispose()
