@@ -62,16 +62,7 @@ class TwoApps:
                 "scope": {"resources": ["tasks"]},
             },
         )
-        signed = await self.broker.post(
-            "/sign",
-            headers=self.service,
-            json={
-                "csr_pem": make_csr(pki.new_ec_key(), "enrolling-peer"),
-                "grant_id": grant["id"],
-                "subject_user_id": user["id"],
-                "peer_id": peer["id"],
-            },
-        )
+        signed = await self.sign(grant)
         assert signed.status_code == 201, signed.text
         self.db.execute(
             "UPDATE federation_grants SET status = 'active' WHERE id = %s", (grant["id"],)
@@ -79,11 +70,12 @@ class TwoApps:
         return grant, str(signed.json()["serial"])
 
     async def sign(self, grant: dict[str, Any]) -> httpx.Response:
+        """The broker's /sign for this grant, as enrollment or renewal asks it."""
         return await self.broker.post(
             "/sign",
             headers=self.service,
             json={
-                "csr_pem": make_csr(pki.new_ec_key(), "renewing-peer"),
+                "csr_pem": make_csr(pki.new_ec_key(), "peer"),
                 "grant_id": grant["id"],
                 "subject_user_id": grant["subject_user_id"],
                 "peer_id": grant["peer_id"],

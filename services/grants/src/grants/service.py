@@ -212,19 +212,16 @@ async def persist_expired(
 
 
 async def _live_serials_after_issuances(
-    session: AsyncSession,
-    peer_id: uuid.UUID,
-    *,
-    grant_ids: list[uuid.UUID] | None = None,
-    all_of_peer: bool = False,
+    session: AsyncSession, peer_id: uuid.UUID, grant_ids: list[uuid.UUID] | None
 ) -> list[str]:
-    """The live certificates a committed revocation must revoke, listed once every signature
-    for the peer already past the broker's last look has committed (fedcore.issuance_lock);
-    every later signature sees the revocation and refuses. The lock goes with this short
-    transaction, before any call to the broker."""
+    """The live certificates a committed revocation must revoke — of ``grant_ids``, or of every
+    grant of the peer (``None``) — listed once every signature for the peer already past the
+    broker's last look has committed (fedcore.issuance_lock); every later signature sees the
+    revocation and refuses. The lock goes with this short transaction, before any call to the
+    broker."""
     await wait_for_issuances(session, peer_id)
     serials = await GrantRepository(session).live_certificate_serials(
-        peer_id=peer_id, grant_ids=None if all_of_peer else (grant_ids or [])
+        peer_id=peer_id, grant_ids=grant_ids
     )
     await session.commit()
     return serials
@@ -453,7 +450,7 @@ class PeerService:
         log.info("peer state changed", extra={"peer_id": str(peer_id), "state": target.value})
         certificates: list[schemas.CertificateRevocationOut] = []
         if target is PeerState.REVOKED:
-            serials = await _live_serials_after_issuances(ctx.session, peer_id, all_of_peer=True)
+            serials = await _live_serials_after_issuances(ctx.session, peer_id, None)
             certificates = await revoke_certificates(ctx, serials, "peer_revoked")
         peer = await PeerRepository(ctx.session).get(peer_id)
         assert peer is not None
@@ -577,9 +574,7 @@ class GrantService:
             )
         await ctx.session.commit()
         log.info("grant revoked", extra={"grant_id": str(grant_id)})
-        serials = await _live_serials_after_issuances(
-            ctx.session, grant.peer_id, grant_ids=[grant_id]
-        )
+        serials = await _live_serials_after_issuances(ctx.session, grant.peer_id, [grant_id])
         certificates = await revoke_certificates(ctx, serials, "grant_revoked")
         revoked = await GrantRepository(ctx.session).get(grant_id)
         assert revoked is not None
