@@ -26,8 +26,11 @@ from fastapi import FastAPI, Request, Response
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from fedcore.scope_evaluator import RowFilter
+from verbs.reads import CONTENT_COLUMNS, ContentFilters, content_page_query
+
 PREFIX = "/bench-bare"
-COLUMNS = "id, title, body, status, owner_user_id, team_id, created_at, updated_at"
+COLUMNS = ", ".join(CONTENT_COLUMNS["tasks"])
 
 
 def _visibility(team_count: int) -> str:
@@ -50,12 +53,16 @@ def create_app(
     params: dict[str, Any] = {"user": user_id, "limit": limit + 1, "grant": grant_id}
     params.update({f"team{i}": t for i, t in enumerate(team_ids)})
     visible = _visibility(len(team_ids))
-    # Only fixed column lists and numbered placeholders are interpolated; values are parameters.
-    list_sql = f"SELECT {COLUMNS} FROM tasks WHERE {visible} ORDER BY id LIMIT %(limit)s"  # noqa: S608
-    search_sql = (
-        f"SELECT {COLUMNS} FROM tasks WHERE {visible} "  # noqa: S608
-        "AND search_vector @@ plainto_tsquery('simple', %(query)s) ORDER BY id LIMIT %(limit)s"
+    # The page queries are the verbs' own (verbs.reads), as the verbs send them for this
+    # subject and scope: the same text, the same plan.
+    rows_filter = RowFilter(
+        subject_user_id=user_id, include_personal=True, team_ids=frozenset(team_ids), limit=limit
     )
+    list_sql, list_params = content_page_query("tasks", rows_filter, None, ContentFilters())
+    search_sql, search_params = content_page_query(
+        "tasks", rows_filter, None, ContentFilters(), search=""
+    )
+    # Only fixed column lists and numbered placeholders are interpolated; values are parameters.
     get_sql = f"SELECT {COLUMNS} FROM tasks WHERE id = %(id)s AND {visible}"  # noqa: S608
     capabilities_sql = "SELECT scope, expires_at FROM federation_grants WHERE id = %(grant)s"
     pool = AsyncConnectionPool(
@@ -113,12 +120,12 @@ def create_app(
         body = await request.body()
         if body:
             orjson.loads(body)
-        return page(await rows(list_sql))
+        return page(await rows(list_sql, list_params))
 
     @app.post(f"{PREFIX}/search/tasks")
     async def search_tasks(request: Request) -> Response:
         query = orjson.loads(await request.body())["query"]
-        return page(await rows(search_sql, {"query": query}))
+        return page(await rows(search_sql, {**search_params, "search": query}))
 
     @app.post(PREFIX + "/get/tasks/{row_id}")
     async def get_task(row_id: uuid.UUID) -> Response:

@@ -85,7 +85,7 @@ def _code(answer: dict[str, Any], source: str) -> str | None:
     return codes[0] if codes else None
 
 
-def _dead_elapsed_ms(answer: dict[str, Any], source: str) -> float:
+def _elapsed_ms(answer: dict[str, Any], source: str) -> float:
     return float(next(s["elapsed_ms"] for s in answer["sources"] if s["source"] == source))
 
 
@@ -180,6 +180,10 @@ def _run_size(
     steady: list[float] = []
     dead_codes: Counter[str] = Counter()
     dead_elapsed: list[float] = []
+    # Inside B (its own clock, per source): where a fan-out's time goes.
+    local_only_source: list[float] = []  # the local source in the local-only query
+    local_source: list[float] = []
+    slowest_healthy: list[float] = []
     for _ in range(calls):
         if time.monotonic() > probe_deadline:
             notes.append(
@@ -191,9 +195,17 @@ def _run_size(
         assert [s["source"] for s in answer["sources"]] == ["local"], answer["sources"]
         assert not answer["errors"], answer["errors"]
         local.append(ms)
+        local_only_source.append(_elapsed_ms(answer, "local"))
         answer, ms = bench.call("all")
         dead_codes[str(_code(answer, dead_source))] += 1
-        dead_elapsed.append(_dead_elapsed_ms(answer, dead_source))
+        dead_elapsed.append(_elapsed_ms(answer, dead_source))
+        local_source.append(_elapsed_ms(answer, "local"))
+        healthy_ms = [
+            float(s["elapsed_ms"])
+            for s in answer["sources"]
+            if s["source"] not in ("local", dead_source)
+        ]
+        slowest_healthy.append(max(healthy_ms, default=0.0))
         healthy_errors.update(_healthy_errors(answer, dead_source))
         steady.append(ms)
     if healthy_errors:
@@ -210,8 +222,10 @@ def _run_size(
             **stats(steady),
             "dead_codes": dict(dead_codes),
             "dead_source_elapsed_ms_max": max(dead_elapsed, default=0.0),
+            "local_source_elapsed": stats(local_source),
+            "slowest_healthy_source_elapsed": stats(slowest_healthy),
         },
-        "local_only": stats(local),
+        "local_only": {**stats(local), "local_source_elapsed": stats(local_only_source)},
         "without_dead": stats(control),
         "healthy_source_errors": dict(healthy_errors),
     }

@@ -149,10 +149,13 @@ class ContentFilters:
     updated_since: datetime | None = None
 
 
+_PERSONAL = "(owner_user_id = %(subject_user_id)s AND team_id IS NULL)"
+
+
 def _visibility(personal: bool, teams: bool) -> str:
     clauses = []
     if personal:
-        clauses.append("(owner_user_id = %(subject_user_id)s AND team_id IS NULL)")
+        clauses.append(_PERSONAL)
     if teams:
         clauses.append("team_id = ANY(%(team_ids)s)")
     return "(" + " OR ".join(clauses) + ")" if clauses else "false"
@@ -167,28 +170,71 @@ def _visibility_params(rows: RowFilter) -> dict[str, Any]:
     return params
 
 
-# A query's shape: which optional clauses it has. Values are always bound parameters, so the
-# text of one shape is the same on every call (psycopg prepares it after a few executions).
-_ListShape = tuple[str, bool, bool, bool, bool, bool, bool]
+# A page is read as disjoint branches of visibility — the subject's personal rows, then each
+# visible team's rows — each an index range already in id order (ix_<table>_owner_user_id_id,
+# ix_<table>_team_id_id), merged by Postgres (Merge Append) and cut at the limit. Every branch
+# stops after the rows the page needs, so a page costs about its own size in row visits. One
+# scan of the whole table in id order, filtering on visibility, visits rows / (visible share):
+# ~4.6x the page at the bench's 16 % (list: 235 -> 68 buffer hits, Postgres' execution 4x
+# shorter), and the whole table for a subject who sees little. Above MAX_TEAM_BRANCHES teams the
+# text would grow with every extra team (one prepared statement per count): the single scan
+# then, with ``team_id = ANY(...)``.
+MAX_TEAM_BRANCHES = 16
+ANY_TEAMS = -1  # a shape's team count when the single-scan form is used
+
+# A query's shape: which optional clauses it has, how many team branches. Values are always
+# bound parameters, so the text of one shape is the same on every call (psycopg prepares it
+# after a few executions).
+_ListShape = tuple[str, bool, int, bool, bool, bool, bool]
+
+
+def _team_branches(rows: RowFilter) -> int:
+    count = len(rows.team_ids)
+    return count if count <= MAX_TEAM_BRANCHES else ANY_TEAMS
+
+
+def _branch_params(rows: RowFilter) -> dict[str, Any]:
+    """The visibility parameters of :func:`_list_sql` (its shape from :func:`_team_branches`)."""
+    params: dict[str, Any] = {}
+    if rows.include_personal:
+        params["subject_user_id"] = rows.subject_user_id
+    teams = sorted(rows.team_ids)
+    if _team_branches(rows) == ANY_TEAMS:
+        params["team_ids"] = teams
+    else:
+        params.update({f"team_{index}": team for index, team in enumerate(teams)})
+    return params
 
 
 @functools.cache
 def _list_sql(shape: _ListShape) -> str:
     resource, personal, teams, status, updated_since, search, after = shape
-    where = [_visibility(personal, teams)]
+    conditions = []
     if status:
-        where.append("status = %(status)s")
+        conditions.append("status = %(status)s")
     if updated_since:
-        where.append("updated_at >= %(updated_since)s")
+        conditions.append("updated_at >= %(updated_since)s")
     if search:
-        where.append("search_vector @@ plainto_tsquery('simple', %(search)s)")
+        conditions.append("search_vector @@ plainto_tsquery('simple', %(search)s)")
     if after:
-        where.append("id > %(after)s")
+        conditions.append("id > %(after)s")
     columns = ", ".join(CONTENT_COLUMNS[resource])
-    return (
-        f"SELECT {columns} FROM {resource} WHERE {' AND '.join(where)} "  # noqa: S608 - fixed texts
-        "ORDER BY id LIMIT %(row_limit)s"
-    )
+
+    def page(visible: str) -> str:
+        where = " AND ".join([visible, *conditions])
+        return (
+            f"SELECT {columns} FROM {resource} WHERE {where} "  # noqa: S608 - fixed texts
+            "ORDER BY id LIMIT %(row_limit)s"
+        )
+
+    if teams == ANY_TEAMS:
+        return page(_visibility(personal, True))
+    branches = [_PERSONAL] if personal else []
+    branches += [f"team_id = %(team_{index})s" for index in range(teams)]
+    if len(branches) <= 1:
+        return page(branches[0] if branches else "false")
+    merged = " UNION ALL ".join(f"({page(branch)})" for branch in branches)
+    return f"SELECT * FROM ({merged}) AS visible ORDER BY id LIMIT %(row_limit)s"  # noqa: S608
 
 
 # The audited form of a page query: the page, and one audit row whose row count is the page's
@@ -216,6 +262,40 @@ async def _dicts(conn: Connection, sql: str, params: dict[str, Any]) -> list[dic
         return await cur.fetchall()
 
 
+def content_page_query(
+    resource: str,
+    rows: RowFilter,
+    after: uuid.UUID | None,
+    filters: ContentFilters,
+    search: str | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """The text and parameters of a page of up to ``rows.limit + 1`` visible rows after
+    ``after`` (the extra one says "more"). Also what the bench's bare endpoint sends."""
+    if resource not in CONTENT_COLUMNS:  # the table name is part of the text: known names only
+        raise ValueError(f"not a content resource: {resource!r}")
+    sql = _list_sql(
+        (
+            resource,
+            rows.include_personal,
+            _team_branches(rows),
+            filters.status is not None,
+            filters.updated_since is not None,
+            search is not None,
+            after is not None,
+        )
+    )
+    params = _branch_params(rows)
+    params["row_limit"] = rows.limit + 1
+    optional = {
+        "status": filters.status,
+        "updated_since": filters.updated_since,
+        "search": search,
+        "after": after,
+    }
+    params.update({name: value for name, value in optional.items() if value is not None})
+    return sql, params
+
+
 async def list_content(
     conn: Connection,
     resource: str,
@@ -229,28 +309,7 @@ async def list_content(
 
     With ``audit`` (``fedcore.audit.audit_values(event, AUDIT_PREFIX)``) the same statement
     inserts the request's audit row, its row count the page's size (at most ``rows.limit``)."""
-    if resource not in CONTENT_COLUMNS:  # the table name is part of the text: known names only
-        raise ValueError(f"not a content resource: {resource!r}")
-    sql = _list_sql(
-        (
-            resource,
-            rows.include_personal,
-            bool(rows.team_ids),
-            filters.status is not None,
-            filters.updated_since is not None,
-            search is not None,
-            after is not None,
-        )
-    )
-    params = _visibility_params(rows)
-    params["row_limit"] = rows.limit + 1
-    optional = {
-        "status": filters.status,
-        "updated_since": filters.updated_since,
-        "search": search,
-        "after": after,
-    }
-    params.update({name: value for name, value in optional.items() if value is not None})
+    sql, params = content_page_query(resource, rows, after, filters, search)
     if audit is not None:
         sql = _audited_page_sql(sql)
         params.update(audit)
