@@ -26,6 +26,7 @@ from fastapi import FastAPI, Request, Response
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from fedcore.http_protocol import CoalescingHttpToolsProtocol
 from fedcore.scope_evaluator import RowFilter
 from verbs.reads import CONTENT_COLUMNS, ContentFilters, content_page_query
 
@@ -170,7 +171,7 @@ def main() -> None:
         proxy_headers=False,
         server_header=False,
         loop="uvloop",
-        http="httptools",
+        http=CoalescingHttpToolsProtocol,  # as the services (fedcore.runner)
         timeout_keep_alive=75,
     )
 

@@ -18,6 +18,7 @@ from pydantic_settings import SettingsError
 from tenacity import AsyncRetrying, RetryError, retry_if_result, stop_after_delay, wait_fixed
 
 from fedcore.db import create_engine, database_is_reachable
+from fedcore.http_protocol import CoalescingHttpToolsProtocol
 from fedcore.jsonlog import configure_logging
 from fedcore.settings import ServiceSettings
 
@@ -112,7 +113,7 @@ def run_service(
         "proxy_headers": False,
         "server_header": False,
         "loop": "uvloop",
-        "http": "httptools",
+        "http": CoalescingHttpToolsProtocol,  # httptools, a response in one send
         "timeout_keep_alive": 75,
     }
     if count > 1 and worker_factory is not None:
