@@ -28,18 +28,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from fedcore.http_protocol import CoalescingHttpToolsProtocol
 from fedcore.scope_evaluator import RowFilter
-from verbs.reads import CONTENT_COLUMNS, ContentFilters, content_page_query
+from verbs.reads import ContentFilters, content_get_query, content_page_query
 
 PREFIX = "/bench-bare"
-COLUMNS = ", ".join(CONTENT_COLUMNS["tasks"])
-
-
-def _visibility(team_count: int) -> str:
-    personal = "(owner_user_id = %(user)s AND team_id IS NULL)"
-    if not team_count:
-        return personal
-    teams = ", ".join(f"%(team{i})s" for i in range(team_count))
-    return f"({personal} OR team_id IN ({teams}))"
 
 
 def create_app(
@@ -51,11 +42,9 @@ def create_app(
     limit: int,
     pool_size: int = 10,
 ) -> FastAPI:
-    params: dict[str, Any] = {"user": user_id, "limit": limit + 1, "grant": grant_id}
-    params.update({f"team{i}": t for i, t in enumerate(team_ids)})
-    visible = _visibility(len(team_ids))
-    # The page queries are the verbs' own (verbs.reads), as the verbs send them for this
-    # subject and scope: the same text, the same plan.
+    params: dict[str, Any] = {"grant": grant_id}
+    # The row queries are the verbs' own (verbs.reads), as the verbs send them for this subject
+    # and scope: the same text, the same plan.
     rows_filter = RowFilter(
         subject_user_id=user_id, include_personal=True, team_ids=frozenset(team_ids), limit=limit
     )
@@ -63,8 +52,6 @@ def create_app(
     search_sql, search_params = content_page_query(
         "tasks", rows_filter, None, ContentFilters(), search=""
     )
-    # Only fixed column lists and numbered placeholders are interpolated; values are parameters.
-    get_sql = f"SELECT {COLUMNS} FROM tasks WHERE id = %(id)s AND {visible}"  # noqa: S608
     capabilities_sql = "SELECT scope, expires_at FROM federation_grants WHERE id = %(grant)s"
     pool = AsyncConnectionPool(
         conninfo,
@@ -130,7 +117,7 @@ def create_app(
 
     @app.post(PREFIX + "/get/tasks/{row_id}")
     async def get_task(row_id: uuid.UUID) -> Response:
-        found = await rows(get_sql, {"id": row_id})
+        found = await rows(*content_get_query("tasks", rows_filter, row_id))
         if not found:
             return answer({"error": {"code": "not_found"}}, 404)
         found[0]["_source"] = source

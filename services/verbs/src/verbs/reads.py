@@ -176,10 +176,15 @@ def _visibility_params(rows: RowFilter) -> dict[str, Any]:
 # stops after the rows the page needs, so a page costs about its own size in row visits. One
 # scan of the whole table in id order, filtering on visibility, visits rows / (visible share):
 # ~4.6x the page at the bench's 16 % (list: 235 -> 68 buffer hits, Postgres' execution 4x
-# shorter), and the whole table for a subject who sees little. Above MAX_TEAM_BRANCHES teams the
-# text would grow with every extra team (one prepared statement per count): the single scan
-# then, with ``team_id = ANY(...)``.
-MAX_TEAM_BRANCHES = 16
+# shorter), and the whole table for a subject who sees little.
+#
+# The single scan (``team_id = ANY(...)``) stays for
+# * search: every branch would repeat the full-text index lookup (the peer picks the term; a
+#   rare one cost ~20x with 16 branches, review of this change);
+# * more than MAX_TEAM_BRANCHES teams: planning and plan memory grow with the branches.
+# The team count is rounded up to a power of two (the extra branches are ``team_id = NULL``,
+# which matches nothing), so a resource has few shapes: few prepared statements per connection.
+MAX_TEAM_BRANCHES = 8
 ANY_TEAMS = -1  # a shape's team count when the single-scan form is used
 
 # A query's shape: which optional clauses it has, how many team branches. Values are always
@@ -188,21 +193,30 @@ ANY_TEAMS = -1  # a shape's team count when the single-scan form is used
 _ListShape = tuple[str, bool, int, bool, bool, bool, bool]
 
 
-def _team_branches(rows: RowFilter) -> int:
+def _team_branches(rows: RowFilter, search: bool) -> int:
+    """How many team branches a page query has (0, 1, 2, 4, 8), or ANY_TEAMS."""
     count = len(rows.team_ids)
-    return count if count <= MAX_TEAM_BRANCHES else ANY_TEAMS
+    if count == 0:
+        return 0
+    if search or count > MAX_TEAM_BRANCHES:
+        return ANY_TEAMS
+    return 1 << (count - 1).bit_length()
 
 
-def _branch_params(rows: RowFilter) -> dict[str, Any]:
-    """The visibility parameters of :func:`_list_sql` (its shape from :func:`_team_branches`)."""
+def _branch_params(rows: RowFilter, branches: int) -> dict[str, Any]:
+    """The visibility parameters of a page query with ``branches`` team branches."""
     params: dict[str, Any] = {}
     if rows.include_personal:
         params["subject_user_id"] = rows.subject_user_id
-    teams = sorted(rows.team_ids)
-    if _team_branches(rows) == ANY_TEAMS:
+    teams = sorted(set(rows.team_ids))  # distinct: branches must not overlap
+    if branches == ANY_TEAMS:
         params["team_ids"] = teams
     else:
-        params.update({f"team_{index}": team for index, team in enumerate(teams)})
+        if branches < len(teams):  # a team without a branch would vanish from the page
+            raise ValueError("fewer team branches than teams")
+        slots: list[uuid.UUID | None] = [*teams, *[None] * (branches - len(teams))]
+        # The extra slots are NULL: team_id = NULL matches no row.
+        params.update({f"team_{index}": team for index, team in enumerate(slots)})
     return params
 
 
@@ -273,18 +287,19 @@ def content_page_query(
     ``after`` (the extra one says "more"). Also what the bench's bare endpoint sends."""
     if resource not in CONTENT_COLUMNS:  # the table name is part of the text: known names only
         raise ValueError(f"not a content resource: {resource!r}")
+    branches = _team_branches(rows, search is not None)
     sql = _list_sql(
         (
             resource,
             rows.include_personal,
-            _team_branches(rows),
+            branches,
             filters.status is not None,
             filters.updated_since is not None,
             search is not None,
             after is not None,
         )
     )
-    params = _branch_params(rows)
+    params = _branch_params(rows, branches)
     params["row_limit"] = rows.limit + 1
     optional = {
         "status": filters.status,
@@ -317,16 +332,22 @@ async def list_content(
     return await _dicts(conn, sql, params)
 
 
-async def get_content(
-    conn: Connection, resource: str, rows: RowFilter, row_id: uuid.UUID
-) -> dict[str, Any] | None:
+def content_get_query(
+    resource: str, rows: RowFilter, row_id: uuid.UUID
+) -> tuple[str, dict[str, Any]]:
+    """The text and parameters reading one visible row. Also what the bench's bare endpoint
+    sends."""
     if resource not in CONTENT_COLUMNS:
         raise ValueError(f"not a content resource: {resource!r}")
     params = _visibility_params(rows)
     params["row_id"] = row_id
-    found = await _dicts(
-        conn, _get_sql(resource, rows.include_personal, bool(rows.team_ids)), params
-    )
+    return _get_sql(resource, rows.include_personal, bool(rows.team_ids)), params
+
+
+async def get_content(
+    conn: Connection, resource: str, rows: RowFilter, row_id: uuid.UUID
+) -> dict[str, Any] | None:
+    found = await _dicts(conn, *content_get_query(resource, rows, row_id))
     return found[0] if found else None
 
 
