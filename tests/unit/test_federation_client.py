@@ -110,6 +110,29 @@ async def test_the_pool_reuses_a_client_until_the_material_changes(sealer: Seale
         await pool.aclose()
 
 
+@pytest.mark.parametrize(
+    ("field", "same"),
+    [
+        ("endpoint_url", False),
+        ("cert_pem", False),
+        ("cert_chain_pem", False),
+        ("ca_bundle_pem", False),
+        ("sealed_private_key", False),
+        ("name", True),  # a renamed connection keeps its client (and its TLS connections)
+        ("cert_serial", True),  # the certificate itself is compared
+    ],
+)
+def test_a_client_is_reused_only_for_the_same_identity_and_target(
+    sealer: Sealer, field: str, same: bool
+) -> None:
+    material = _material(sealer)
+    value = getattr(material, field)
+    changed = value + (b"x" if isinstance(value, bytes) else "x") if value else "x"
+    other = ConnectionMaterial(**{**material.__dict__, field: changed})
+    assert material.same_identity(other) is same
+    assert material.same_identity(material)
+
+
 async def test_the_pool_drops_one_connections_client(
     sealer: Sealer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

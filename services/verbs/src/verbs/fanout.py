@@ -116,7 +116,7 @@ class FanOut:
 
     async def _remote(self, row: Any, spec: QuerySpec) -> SourceOutcome:
         """One connection's call, through its circuit. ``row`` is a connection row joined with
-        its circuit and the database's ``now`` (repository.active_connections)."""
+        its circuit and the database's ``now`` (reads.active_connections)."""
         source = federated(str(row.name))
         record = CircuitRecord.from_row(row)
         permit = await self.breakers.acquire(row.id, record, row.db_now)

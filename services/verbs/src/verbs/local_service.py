@@ -190,7 +190,8 @@ class LocalQueryService:
         if source == LOCAL:
             return ResolvedSource(source, True, [])
         if source == "all":
-            return ResolvedSource(source, True, await repository.active_connections(session))
+            async with self.rows_pool.connection() as conn:
+                return ResolvedSource(source, True, await reads.active_connections(conn))
         name = source.removeprefix("federated:")
         row = await repository.connection_by_name(session, name)
         if row is None:

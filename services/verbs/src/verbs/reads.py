@@ -16,6 +16,9 @@ the scope never leaves the database. Pagination is keyset on ``id``.
 
 Autocommit is safe: these are reads, each at READ COMMITTED (as inside a transaction), and the
 audit row is committed by its statement before the response is sent.
+
+The local query API (the outbound side) reads its own rows and the fan-out's connections here
+too: a fan-out's latency is this process's CPU.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from datetime import datetime
 from typing import Any
 
 from psycopg import AsyncConnection
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, namedtuple_row
 
 from fedcore.audit import audit_insert_sql
 from fedcore.models import GrantStatus, PeerState
@@ -133,6 +136,33 @@ async def load_certificate_binding(conn: Connection, serial: str) -> Certificate
         except InvalidScope:
             grant_scope = None
     return CertificateBinding(**columns, grant_scope=grant_scope)
+
+
+# The fan-out's connections: what a call and its circuit need (fedcore.federation_client's
+# ConnectionMaterial, verbs.circuit's CircuitRecord) and the database's clock (the circuits'
+# times are the database's). Through SQLAlchemy this read cost ~0.6 ms of CPU, in series before
+# every fan-out's first call.
+_ACTIVE_CONNECTIONS_SQL = """
+SELECT c.id, c.name, c.state, c.endpoint_url, c.cert_pem, c.cert_chain_pem, c.ca_bundle_pem,
+       c.sealed_private_key, c.cert_serial,
+       f.consecutive_failures AS circuit_failures,
+       f.last_failure_code AS circuit_last_failure_code,
+       f.opened_at AS circuit_opened_at,
+       f.probe_started_at AS circuit_probe_started_at,
+       now() AS db_now
+  FROM federation_connections c
+  LEFT JOIN federation_circuits f ON f.connection_id = c.id
+ WHERE c.state = 'active'
+ ORDER BY c.name
+"""
+
+
+async def active_connections(conn: Connection) -> list[Any]:
+    """Every active outbound connection with its circuit, by name (the fan-out's merge order);
+    rows with attribute access."""
+    async with conn.cursor(row_factory=namedtuple_row) as cur:
+        await cur.execute(_ACTIVE_CONNECTIONS_SQL)
+        return await cur.fetchall()
 
 
 async def member_team_ids(conn: Connection, user_id: uuid.UUID) -> frozenset[uuid.UUID]:

@@ -13,7 +13,6 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fedcore.models import (
-    ConnectionState,
     FederationCertificate,
     FederationCircuit,
     FederationConnection,
@@ -48,16 +47,6 @@ async def user_exists(session: AsyncSession, user_id: uuid.UUID) -> bool:
     return (
         await session.execute(select(USERS.c.id).where(USERS.c.id == user_id))
     ).first() is not None
-
-
-async def active_connections(session: AsyncSession) -> list[Any]:
-    """Every active outbound connection, by name (the fan-out's merge order)."""
-    result = await session.execute(
-        _CONNECTION_WITH_CIRCUIT.where(CONNECTIONS.c.state == ConnectionState.ACTIVE).order_by(
-            CONNECTIONS.c.name
-        )
-    )
-    return list(result.all())
 
 
 async def connection_by_name(session: AsyncSession, name: str) -> Any | None:
