@@ -159,6 +159,7 @@ def main() -> None:
         server_header=False,
         loop="uvloop",
         http=CoalescingHttpToolsProtocol,  # as the services (fedcore.runner)
+        ws="none",
         timeout_keep_alive=75,
     )
 

@@ -114,6 +114,7 @@ def run_service(
         "server_header": False,
         "loop": "uvloop",
         "http": CoalescingHttpToolsProtocol,  # httptools, a response in one send
+        "ws": "none",  # no service speaks WebSocket: no upgrade is accepted
         "timeout_keep_alive": 75,
     }
     if count > 1 and worker_factory is not None:
