@@ -91,6 +91,29 @@ def test_a_row_without_certificate_is_unusable() -> None:
         ConnectionMaterial.from_row({**row, "ca_bundle_pem": None, "sealed_private_key": b""})
 
 
+@pytest.mark.parametrize(
+    "missing", ["endpoint_url", "cert_pem", "ca_bundle_pem", "sealed_private_key"]
+)
+@pytest.mark.parametrize("empty", [None, "empty"])
+def test_each_missing_part_makes_a_row_unusable(missing: str, empty: str | None) -> None:
+    row = {
+        "id": uuid.uuid4(),
+        "name": "x",
+        "endpoint_url": "https://x:1/",
+        "cert_pem": "C",
+        "cert_chain_pem": None,
+        "ca_bundle_pem": "CA",
+        "sealed_private_key": b"k",
+        "cert_serial": None,
+    }
+    material = ConnectionMaterial.from_row(row)
+    assert material.cert_chain_pem == ""
+    assert material.endpoint_url == "https://x:1"
+    blank = None if empty is None else (b"" if missing == "sealed_private_key" else "")
+    with pytest.raises(ConnectionUnusable):
+        ConnectionMaterial.from_row({**row, missing: blank})
+
+
 async def test_the_pool_reuses_a_client_until_the_material_changes(sealer: Sealer) -> None:
     pool = FederationClientPool(sealer, retire_after=0)
     material = _material(sealer)

@@ -21,7 +21,8 @@ the admin CLI's HTTP client, so it is ``fedcore.federation_client``.)
   peer's error code. No answer is ever written anywhere: the caller gets Python objects.
 * ``renew`` asks the peer for a new certificate (``POST /renew``, not retried: not idempotent).
 * :class:`FederationClientPool` caches one client per connection and drops it when the
-  connection's certificate, chain, CA bundle or endpoint changes (or the connection goes away).
+  connection's certificate, chain, CA bundle, sealed key or endpoint changes (or the
+  connection goes away).
 
 Exception tree (none is a :class:`~fedcore.errors.DomainError`: a peer's failure is reported by
 the caller, never turned into this gateway's own HTTP error)::
