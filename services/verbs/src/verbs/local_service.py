@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fedcore.admin_auth import AdminPrincipal
 from fedcore.audit import AuditEvent, write_audit, write_audit_now
+from fedcore.db import DatabaseBusy, contention_error
 from fedcore.errors import BadRequest, Conflict, DomainError, Forbidden, NotFound, Unprocessable
 from fedcore.federation_client import (
     ConnectionMaterial,
@@ -107,11 +108,15 @@ class LocalQueryService:
                 self.sessionmaker, event.with_outcome(outcome, refusal.audit_reason)
             )
             raise
-        except Exception:
+        except Exception as failure:
             await session.rollback()
-            await write_audit_now(
-                self.sessionmaker, event.with_outcome(AuditOutcome.ERROR, "internal_error")
-            )
+            # Contention (an exhausted raw pool, a lock timeout) is retryable: 503
+            # database_busy, as at the inbound verbs — not a 500.
+            busy = _contention(failure)
+            reason = busy.code if busy is not None else "internal_error"
+            await write_audit_now(self.sessionmaker, event.with_outcome(AuditOutcome.ERROR, reason))
+            if busy is not None:
+                raise busy from None
             raise
         await write_audit(session, event)
         return body
@@ -245,6 +250,15 @@ class LocalQueryService:
             return body, event
 
         return await self.audited(session, principal, "local.capabilities", None, work)
+
+
+def _contention(failure: BaseException) -> DatabaseBusy | None:
+    """``fedcore.db.contention_error``, also for the fan-out's task group: its exception group
+    is contention when everything in it is (the local source's own query, say)."""
+    if isinstance(failure, BaseExceptionGroup):
+        found = [_contention(inner) for inner in failure.exceptions]
+        return found[0] if found and all(busy is not None for busy in found) else None
+    return contention_error(failure)
 
 
 def _audit_target(target: ResolvedSource) -> str:
