@@ -1,11 +1,12 @@
 """The bench's *bare* endpoint: the physical limit the verbs are measured against.
 
-Same framework and server settings as the verbs (FastAPI on uvicorn with uvloop + httptools,
-as many worker processes as the verbs run: ``BENCH_BARE_WORKERS``), same nginx location rules
-in front (mTLS, identity headers, rate-limit zone), and
-the same SQL the verbs send for the answer itself — but nothing else: no proxy-secret check, no
-certificate re-verification, no grant/peer/membership read, no scope evaluation, no audit row,
-no SQLAlchemy. Raw psycopg pool + orjson. Bench-only: never shipped in the services.
+Same framework and server settings as the verbs (FastAPI on uvicorn with uvloop + httptools
+through ``fedcore.http_protocol``, as many worker processes as the verbs run:
+``BENCH_BARE_WORKERS``), same nginx location rules in front (mTLS, identity headers, rate-limit
+zone), and the same SQL the verbs send for the answer itself (``verbs.reads``'
+``content_page_query`` / ``content_get_query``, imported) — but nothing else: no proxy-secret
+check, no certificate re-verification, no grant/peer/membership read, no scope evaluation, no
+audit row, no SQLAlchemy. Raw psycopg pool + orjson. Bench-only: never shipped in the services.
 
     python -m tests.bench.bare_app        (configured by BENCH_BARE_* environment variables)
 """
