@@ -82,6 +82,17 @@ class TwoApps:
             },
         )
 
+    async def sign_held_at_the_ca(
+        self, grant: dict[str, Any]
+    ) -> tuple[GatedBackend, asyncio.Task[httpx.Response]]:
+        """A /sign for this grant, started and held inside the CA until ``gate`` is set."""
+        service = self.broker_app.state.ca_service
+        gated = GatedBackend(service.backend.hierarchy)
+        service.backend = gated
+        signing = asyncio.create_task(self.sign(grant))
+        await asyncio.wait_for(gated.entered.wait(), 10)
+        return gated, signing
+
     def serials_of(self, grant: dict[str, Any]) -> set[str]:
         rows = self.db.rows(
             "SELECT serial FROM federation_certificates WHERE grant_id = %s", (grant["id"],)
@@ -203,11 +214,7 @@ async def test_a_signature_finishing_after_the_revocation_is_refused_not_left_of
     listed and put on the CRL). The late signature's last look sees the revocation: 409
     grant_not_issuable, nothing recorded — no live certificate of a revoked grant off the CRL."""
     grant, serial = await two_apps.live_grant()
-    service = two_apps.broker_app.state.ca_service
-    gated = GatedBackend(service.backend.hierarchy)
-    service.backend = gated
-    signing = asyncio.create_task(two_apps.sign(grant))
-    await asyncio.wait_for(gated.entered.wait(), 10)
+    gated, signing = await two_apps.sign_held_at_the_ca(grant)
     revoked = await two_apps.ok(
         "PATCH", f"/api/admin/federation/grants/{grant['id']}/revoke", json={"reason": "x"}
     )
@@ -274,11 +281,7 @@ async def test_a_late_signature_never_outlives_an_expiry_brought_forward_meanwhi
     """The lifetime is capped at the grant's expiry before signing; the last look checks the
     signed certificate against the expiry as it is now (409, nothing recorded)."""
     grant, serial = await two_apps.live_grant()
-    service = two_apps.broker_app.state.ca_service
-    gated = GatedBackend(service.backend.hierarchy)
-    service.backend = gated
-    signing = asyncio.create_task(two_apps.sign(grant))
-    await asyncio.wait_for(gated.entered.wait(), 10)
+    gated, signing = await two_apps.sign_held_at_the_ca(grant)
     two_apps.db.execute(
         "UPDATE federation_grants SET expires_at = now() + interval '1 hour' WHERE id = %s",
         (grant["id"],),
