@@ -16,6 +16,7 @@ A service refuses to start without a secret it needs.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -38,9 +39,39 @@ _PLACEHOLDER_PHRASES = (
     "your-secret",
     "your_secret",
 )
-# Short words refused only at the start ("secret-for-dev-...", "password123...", "todo: ..."):
-# anywhere in the string they would also match genuinely random secrets now and then.
-_PLACEHOLDER_PREFIXES = ("example", "xxxx", "secret", "password", "todo", "test", "dummy")
+# Words refused only at the start ("secret-for-dev-...", "password123...", "todo: ..."):
+# anywhere in the string they would also match genuinely random secrets now and then. Together
+# the rules may refuse a random secret with odds below 1e-6 (`placeholder_false_positive_odds`;
+# a test holds the bound), so words of six letters or more are refused as plain prefixes and the
+# short ones only as a whole first word, followed by a separator: "test" alone starts one random
+# secret in 32**4 (~1e6: with three such words that refused a real token in a test run), "test-"
+# one in 32**4 * 64 (~6.7e7).
+_PLACEHOLDER_PREFIXES = ("example", "secret", "password")
+_PLACEHOLDER_FIRST_WORDS = ("xxxx", "todo", "test", "dummy")
+_WORD_SEPARATORS = "-_.: "
+_FIRST_WORD = re.compile(
+    "^(?:" + "|".join(_PLACEHOLDER_FIRST_WORDS) + ")[" + re.escape(_WORD_SEPARATORS) + "]"
+)
+
+
+def placeholder_false_positive_odds(alphabet_size: int = 64) -> float:
+    """Upper bound on the odds that a uniformly random secret over an alphabet of this size
+    (``token_urlsafe``: 64, letters in both cases) is refused as a placeholder: each phrase at
+    each position, each prefix, each first word with its separator. Letters match in either case,
+    so each costs 2/alphabet; other characters 1/alphabet."""
+
+    def odds(text: str) -> float:
+        result = 1.0
+        for char in text:
+            result *= (2 if char.isalpha() else 1) / alphabet_size
+        return result
+
+    positions = 128  # longer than any secret we generate; a bound, not an estimate
+    return (
+        sum(odds(phrase) * positions for phrase in _PLACEHOLDER_PHRASES)
+        + sum(odds(prefix) for prefix in _PLACEHOLDER_PREFIXES)
+        + sum(odds(word + sep) for word in _PLACEHOLDER_FIRST_WORDS for sep in _WORD_SEPARATORS)
+    )
 
 
 # A call made while holding row locks (the CA's signature during enrollment and renewal) must
@@ -65,8 +96,10 @@ def refuse_placeholder_secret(value: SecretStr, field_name: str) -> SecretStr:
     if len(raw) < MIN_SECRET_LENGTH:
         raise ValueError(f"{field_name} must be at least {MIN_SECRET_LENGTH} characters")
     lowered = raw.lower()
-    if any(phrase in lowered for phrase in _PLACEHOLDER_PHRASES) or lowered.startswith(
-        _PLACEHOLDER_PREFIXES
+    if (
+        any(phrase in lowered for phrase in _PLACEHOLDER_PHRASES)
+        or lowered.startswith(_PLACEHOLDER_PREFIXES)
+        or _FIRST_WORD.match(lowered)
     ):
         raise ValueError(f"{field_name} looks like a placeholder; generate a random value")
     if len(set(raw)) < 8:
