@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from pydantic import SecretStr
@@ -14,6 +15,12 @@ from fedcore.db import create_raw_pool
 from fedcore.settings import PostgresSettings
 from tests.support.postgres import PostgresForTests, start_test_postgres, stop_test_postgres
 from tests.support.stack import Gateway, start_gateways, stop_gateways
+
+# Property tests check behaviour, not speed: Hypothesis's per-example deadline (200 ms) is a timed
+# assertion, and on a loaded 2-core CI box a slow example fails the run as "Flaky". Speed is
+# measured by `make bench`. A test's own @settings still override the rest of the profile.
+hypothesis_settings.register_profile("mosaic", deadline=None, print_blob=True)
+hypothesis_settings.load_profile("mosaic")
 
 
 @pytest.fixture(scope="session")
