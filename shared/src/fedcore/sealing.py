@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from fedcore.settings import MIN_SECRET_LENGTH
+from fedcore.secret_strength import MIN_SECRET_LENGTH
 
 MAGIC: Final = b"MSL1"
 KEY_ID_LENGTH: Final = 16

@@ -16,63 +16,15 @@ A service refuses to start without a secret it needs.
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fedcore.secret_strength import MIN_SECRET_LENGTH, placeholder_verdict
+
 if TYPE_CHECKING:
     from fedcore.sealing import Sealer
-
-MIN_SECRET_LENGTH = 32
-
-# Placeholder phrases refused anywhere in a secret: long enough that a random secret never
-# contains one by chance (a 64-symbol alphabet makes an 8-letter match ~1 in 2.8e14).
-_PLACEHOLDER_PHRASES = (
-    "changeme",
-    "change-me",
-    "change_me",
-    "placeholder",
-    "replace-me",
-    "replace_me",
-    "your-secret",
-    "your_secret",
-)
-# Words refused only at the start ("secret-for-dev-...", "password123...", "todo: ..."):
-# anywhere in the string they would also match genuinely random secrets now and then. Together
-# the rules may refuse a random secret with odds below 1e-6 (`placeholder_false_positive_odds`;
-# a test holds the bound), so words of six letters or more are refused as plain prefixes and the
-# short ones only as a whole first word, followed by a separator: "test" alone starts one random
-# secret in 32**4 (~1e6: with three such words that refused a real token in a test run), "test-"
-# one in 32**4 * 64 (~6.7e7).
-_PLACEHOLDER_PREFIXES = ("example", "secret", "password")
-_PLACEHOLDER_FIRST_WORDS = ("xxxx", "todo", "test", "dummy")
-_WORD_SEPARATORS = "-_.: "
-_FIRST_WORD = re.compile(
-    "^(?:" + "|".join(_PLACEHOLDER_FIRST_WORDS) + ")[" + re.escape(_WORD_SEPARATORS) + "]"
-)
-
-
-def placeholder_false_positive_odds(alphabet_size: int = 64) -> float:
-    """Upper bound on the odds that a uniformly random secret over an alphabet of this size
-    (``token_urlsafe``: 64, letters in both cases) is refused as a placeholder: each phrase at
-    each position, each prefix, each first word with its separator. Letters match in either case,
-    so each costs 2/alphabet; other characters 1/alphabet."""
-
-    def odds(text: str) -> float:
-        result = 1.0
-        for char in text:
-            result *= (2 if char.isalpha() else 1) / alphabet_size
-        return result
-
-    positions = 128  # longer than any secret we generate; a bound, not an estimate
-    return (
-        sum(odds(phrase) * positions for phrase in _PLACEHOLDER_PHRASES)
-        + sum(odds(prefix) for prefix in _PLACEHOLDER_PREFIXES)
-        + sum(odds(word + sep) for word in _PLACEHOLDER_FIRST_WORDS for sep in _WORD_SEPARATORS)
-    )
-
 
 # A call made while holding row locks (the CA's signature during enrollment and renewal) must
 # end this long before a revocation waiting for those locks gives up (lock_timeout_ms): the lock
@@ -91,18 +43,14 @@ def refuse_call_outlasting_locks(deadline_seconds: float, lock_timeout_ms: int, 
 
 
 def refuse_placeholder_secret(value: SecretStr, field_name: str) -> SecretStr:
-    """Reject empty, short or obviously placeholder secrets (never echoing the value)."""
-    raw = value.get_secret_value()
-    if len(raw) < MIN_SECRET_LENGTH:
+    """Reject empty, short or obviously placeholder secrets (never echoing the value; the
+    rules are in :mod:`fedcore.secret_strength`)."""
+    verdict = placeholder_verdict(value.get_secret_value())
+    if verdict == "short":
         raise ValueError(f"{field_name} must be at least {MIN_SECRET_LENGTH} characters")
-    lowered = raw.lower()
-    if (
-        any(phrase in lowered for phrase in _PLACEHOLDER_PHRASES)
-        or lowered.startswith(_PLACEHOLDER_PREFIXES)
-        or _FIRST_WORD.match(lowered)
-    ):
+    if verdict == "placeholder":
         raise ValueError(f"{field_name} looks like a placeholder; generate a random value")
-    if len(set(raw)) < 8:
+    if verdict == "low_variety":
         raise ValueError(f"{field_name} has too little variety to be random")
     return value
 

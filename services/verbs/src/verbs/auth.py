@@ -27,7 +27,7 @@ from fedcore.client_cert import ClientCertInvalid, ForwardedCertVerifier, Verifi
 from fedcore.errors import Forbidden, Unauthorized
 from fedcore.models import GrantStatus, PeerState
 from fedcore.scope import GrantScope
-from fedcore.settings import MIN_SECRET_LENGTH
+from fedcore.secret_strength import MIN_SECRET_LENGTH
 from verbs.binding_cache import BindingCache
 from verbs.reads import CertificateBinding, Connection, load_certificate_binding
 
