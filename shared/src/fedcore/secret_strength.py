@@ -36,30 +36,42 @@ PHRASES: Final = (
     "change-me",
     "change_me",
     "placeholder",
+    "replaceme",
     "replace-me",
     "replace_me",
+    "replace-with",
+    "replace_with",
+    "yoursecret",
     "your-secret",
     "your_secret",
+    "your secret",
+    "password",
+    "0123456789",
+    "abcdefgh",
 )
 # Short words people start placeholders with. Refused as a plain prefix they would also start
 # random secrets now and then (above), so each is refused only where a random secret rarely has
 # it: followed by anything but a letter ("test-…", "todo: …", "test1234…", "TODO(ops)…"), or by
 # one of a few words ("TestSecret…", "testkey…"), or spelt out longer ("testing…", "xxxxxx…").
-SHORT_WORDS: Final = ("xxxx", "todo", "test")
+SHORT_WORDS: Final = ("xxxx", "todo", "test", "fixme")
 _SECOND_WORDS: Final = ("secret", "token", "key", "pass", "value", "only", "local", "dev")
-# Refused as plain prefixes: six letters or more, so 32**-6 or rarer each.
+# Refused as plain prefixes: five letters or more (32**-5 or rarer each), and template markers
+# ("${VAR}", "<your key>", "{{ secret }}") no generated secret's alphabet contains.
 PREFIXES: Final = (
     "example",
     "secret",
-    "password",
     "dummy",
     "testing",
     "xxxxxx",
+    "${",
+    "<",
+    "{{",
     *(word + second for word in SHORT_WORDS for second in _SECOND_WORDS),
 )
 _SHORT_WORD_THEN_NON_LETTER: Final = re.compile("(?:" + "|".join(SHORT_WORDS) + ")[^a-z]")
-# The phrase term of the bound counts this many positions: more than any generated secret has.
-_BOUND_POSITIONS: Final = 128
+# Ignored around a secret before the rules look at it: whitespace, the quotes an env file may
+# keep, zero-width characters and a byte-order mark ('"test-secret-…"' is still a placeholder).
+STRIPPED_AROUND: Final = string.whitespace + "\"'\u200b\u200c\u200d\u2060\ufeff"
 
 
 def placeholder_verdict(secret: str) -> Verdict | None:
@@ -67,8 +79,8 @@ def placeholder_verdict(secret: str) -> Verdict | None:
     ``None`` when it may be used. The verdict never contains the secret."""
     if len(secret) < MIN_SECRET_LENGTH:
         return "short"
-    # Surrounding whitespace does not hide a placeholder (" test-secret…").
-    lowered = secret.strip().lower()
+    # Surrounding space or quotes do not hide a placeholder (" test-secret…").
+    lowered = secret.strip(STRIPPED_AROUND).lower()
     if (
         any(phrase in lowered for phrase in PHRASES)
         or lowered.startswith(PREFIXES)
@@ -80,12 +92,15 @@ def placeholder_verdict(secret: str) -> Verdict | None:
     return None
 
 
-def false_positive_odds(alphabet: str = TOKEN_URLSAFE_ALPHABET) -> float:
-    """An upper bound on the odds that :func:`placeholder_verdict` refuses a secret of at least
-    ``MIN_SECRET_LENGTH`` characters drawn uniformly from ``alphabet``: each phrase at each
-    position, each prefix, each short word followed by a non-letter, and too few distinct
-    characters (a union bound: overlaps are counted twice)."""
+def false_positive_odds(alphabet: str = TOKEN_URLSAFE_ALPHABET, length: int = 128) -> float:
+    """An upper bound on the odds that :func:`placeholder_verdict` refuses a secret of
+    ``MIN_SECRET_LENGTH`` to ``length`` characters drawn uniformly from ``alphabet``: each phrase
+    at each position, each prefix and each short word followed by a non-letter (after any run
+    of stripped characters the alphabet has), and too few distinct characters. A union bound:
+    overlaps are counted twice."""
     size = len(alphabet)
+    if size < MIN_DISTINCT_CHARACTERS:
+        return 1.0  # every secret over it has too little variety
 
     def odds(text: str) -> float:
         # The rules compare lowercased text: a letter matches each of its cases the alphabet has.
@@ -95,12 +110,15 @@ def false_positive_odds(alphabet: str = TOKEN_URLSAFE_ALPHABET) -> float:
         return result
 
     non_letter = sum(1 for c in alphabet if c.lower() not in string.ascii_lowercase) / size
+    # A prefix may start after any number of stripped characters: sum of stripped**k.
+    stripped = sum(1 for c in alphabet if c in STRIPPED_AROUND) / size
+    at_start = 1 / (1 - stripped)
     few = MIN_DISTINCT_CHARACTERS - 1
     # All characters drawn from some `few` symbols of the alphabet.
     low_variety = math.comb(size, few) * (few / size) ** MIN_SECRET_LENGTH
     return (
-        sum(odds(phrase) * _BOUND_POSITIONS for phrase in PHRASES)
-        + sum(odds(prefix) for prefix in PREFIXES)
-        + sum(odds(word) * non_letter for word in SHORT_WORDS)
+        sum(odds(phrase) * length for phrase in PHRASES)
+        + at_start * sum(odds(prefix) for prefix in PREFIXES)
+        + at_start * sum(odds(word) * non_letter for word in SHORT_WORDS)
         + low_variety
     )
