@@ -19,7 +19,12 @@ connections set ``revoked`` on B, test-only SQL as in the e2e suite):
 3. calls until the dead source answers ``circuit_open`` (the breaker's threshold);
 4. **steady state**: ``source: local`` and ``source: all`` alternating, ``calls`` of each:
    p50/p99 of the fan-out against the local-only query measured alongside it. Stops early
-   (and says so) before the breaker's cool-down would let a probe through.
+   (and says so) before the breaker's cool-down would let a probe through;
+5. **CPU per call**: ``CPU_CALLS`` local-only calls, then as many fan-outs, each block read from
+   ``/proc`` per process group of both gateways (Postgres, nginx, each service with its workers):
+   where the fan-out's extra time goes on a box whose cores both gateways share. Blocks rather
+   than per-call readings: ``/proc`` counts CPU in 10 ms ticks. Skipped (and said so) when the
+   breaker's cool-down is too near.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import httpx
 
 from devstack import stack
 from tests.bench import seed
+from tests.bench.memory import cpu_seconds
 from tests.bench.report import Row
 from tests.support.db import fetch_all
 from tests.support.fanout import Blackhole, Enrolled, LocalApi, enroll_b_at_a, redirect_connection
@@ -53,6 +59,7 @@ FIRST_CALL_SLACK_MS = 50.0
 STEADY_SLACK_MS = 10.0
 WARMUP_CALLS = 5
 PROBE_MARGIN_SECONDS = 2.0  # stop sampling this long before an open circuit lets a probe out
+CPU_CALLS = 200  # per block of the CPU accounting (step 5)
 
 
 @dataclass
@@ -132,8 +139,48 @@ def _healthy_errors(answer: dict[str, Any], dead_source: str | None) -> list[str
     ]
 
 
+def process_groups(gateways: dict[str, Gateway]) -> dict[str, int]:
+    """``{"a.verbs": pid, "b.postgres": pid, ...}``: each launched process of each gateway (its
+    workers and backends are its children)."""
+    return {
+        f"{tag}.{name}": int(pid)
+        for tag, gateway in gateways.items()
+        for name, pid in gateway.reload_state()["pids"].items()
+    }
+
+
+def _cpu_ms_per_call(
+    bench: Bench, groups: dict[str, int], source: str, calls: int
+) -> dict[str, float]:
+    before = {group: cpu_seconds(pid) for group, pid in groups.items()}
+    for _ in range(calls):
+        bench.call(source)
+    after = {group: cpu_seconds(pid) for group, pid in groups.items()}
+    return {group: (after[group] - before[group]) * 1000 / calls for group in groups}
+
+
+def cpu_accounting(local: dict[str, float], fan_out: dict[str, float]) -> dict[str, Any]:
+    """Per process group, CPU ms per call of each kind and what the fan-out adds; groups that
+    spent nothing in either are left out."""
+    busy = [g for g in local if local[g] > 0 or fan_out[g] > 0]
+    return {
+        "calls_per_block": CPU_CALLS,
+        "local_only_ms": {g: round(local[g], 2) for g in busy},
+        "fan_out_ms": {g: round(fan_out[g], 2) for g in busy},
+        "fan_out_extra_ms": {g: round(fan_out[g] - local[g], 2) for g in busy},
+        "local_only_total_ms": round(sum(local.values()), 2),
+        "fan_out_total_ms": round(sum(fan_out.values()), 2),
+    }
+
+
 def _run_size(
-    bench: Bench, count: int, healthy: list[str], dead: str, calls: int, notes: list[str]
+    bench: Bench,
+    count: int,
+    healthy: list[str],
+    dead: str,
+    calls: int,
+    notes: list[str],
+    groups: dict[str, int],
 ) -> dict[str, Any]:
     dead_source = f"federated:{dead}"
     healthy_errors: Counter[str] = Counter()
@@ -208,6 +255,18 @@ def _run_size(
         slowest_healthy.append(max(healthy_ms, default=0.0))
         healthy_errors.update(_healthy_errors(answer, dead_source))
         steady.append(ms)
+
+    # 5. CPU per call, in blocks (the circuit still open: the same fan-out as step 4).
+    cpu: dict[str, Any] | None = None
+    block_seconds = CPU_CALLS * (statistics.median(local or [0]) + statistics.median(steady or [0]))
+    block_seconds /= 1000
+    if local and steady and time.monotonic() + 2 * block_seconds < probe_deadline:
+        cpu = cpu_accounting(
+            _cpu_ms_per_call(bench, groups, "local", CPU_CALLS),
+            _cpu_ms_per_call(bench, groups, "all", CPU_CALLS),
+        )
+    else:
+        notes.append(f"fan-out {count}: no CPU accounting (the breaker's cool-down was too near)")
     if healthy_errors:
         notes.append(f"fan-out {count}: healthy sources failed: {dict(healthy_errors)}")
     return {
@@ -228,6 +287,7 @@ def _run_size(
         "local_only": {**stats(local), "local_source_elapsed": stats(local_only_source)},
         "without_dead": stats(control),
         "healthy_source_errors": dict(healthy_errors),
+        "cpu": cpu,
     }
 
 
@@ -267,6 +327,7 @@ def measure(
 
     hole = Blackhole(host(250))
     bench = Bench(b, world_b.subject)
+    groups = process_groups({"a": a, "b": b})
     runs: dict[str, Any] = {}
     try:
         for name in dead.values():
@@ -278,7 +339,9 @@ def measure(
             flush=True,
         )
         for count in SIZES:
-            run = _run_size(bench, count, healthy[: count - 1], dead[count], calls, out.notes)
+            run = _run_size(
+                bench, count, healthy[: count - 1], dead[count], calls, out.notes, groups
+            )
             runs[str(count)] = run
             st, lo, ctl = run["steady"], run["local_only"], run["without_dead"]
             print(
@@ -289,6 +352,14 @@ def measure(
                 f"p50 {ctl['p50_ms']:.1f} p99 {ctl['p99_ms']:.1f} ms",
                 flush=True,
             )
+            if run["cpu"]:
+                extra = sorted(run["cpu"]["fan_out_extra_ms"].items(), key=lambda kv: -kv[1])
+                print(
+                    f"  fan-out {count} conn: CPU per call {run['cpu']['fan_out_total_ms']:.1f} ms "
+                    f"(local-only {run['cpu']['local_only_total_ms']:.1f}); the fan-out adds "
+                    + ", ".join(f"{g} {ms:.2f}" for g, ms in extra if ms >= 0.05),
+                    flush=True,
+                )
             _rows(out.rows, count, run)
     finally:
         bench.close()
@@ -326,6 +397,12 @@ def _rows(rows: list[Row], count: int, run: dict[str, Any]) -> None:
         Row(f"{label} (circuit open): p50, dead peer's cost", st["p50_ms"], "ms",
             ctl["p50_ms"], "same fan-out without it p50")
     )  # fmt: skip
+    cpu = run.get("cpu")
+    if cpu:
+        rows.append(
+            Row(f"{label} (circuit open): CPU per call, both gateways",
+                cpu["fan_out_total_ms"], "ms", cpu["local_only_total_ms"], "local-only query")
+        )  # fmt: skip
 
 
 def goals(results: dict[str, Any] | None) -> list[tuple[str, str]]:
